@@ -1,0 +1,39 @@
+"""Readers of ``engine.state.output`` for logging handlers (StatsHandler, TensorBoardStatsHandler)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from monai.utils import CommonKeys as Keys
+
+from semiseg.keys import SSLKeys
+
+__all__ = ["loss_terms"]
+
+_TERMS = (Keys.LOSS, SSLKeys.SUPERVISED_LOSS.value, SSLKeys.UNSUPERVISED_LOSS.value, SSLKeys.CONSISTENCY_WEIGHT.value)
+
+
+def loss_terms(output: Any) -> dict[str, float]:
+    """``{"loss": ..., "sup_loss": ..., "unsup_loss": ..., "consistency_weight": ...}`` from a trainer output.
+
+    Use as a StatsHandler / TensorBoardStatsHandler ``output_transform``; terms a method does not produce are left
+    out. Accepts the decollated form (a list of per-item dicts) too.
+
+    Args:
+        output: ``engine.state.output``.
+
+    Returns:
+        The scalar terms as floats.
+    """
+    if isinstance(output, (list, tuple)):
+        output = output[0] if output else {}
+    if not isinstance(output, Mapping):
+        return {}
+    terms = {}
+    for key in _TERMS:
+        value = output.get(key)
+        if value is not None:
+            terms[key] = float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
+    return terms

@@ -1,0 +1,93 @@
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017) in the SSL4MIS / UA-MT 3D setup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+
+from semiseg.keys import SSLKeys
+from semiseg.losses import softmax_mse
+from semiseg.methods.base import LabelledBatch, SSLMethod
+
+__all__ = ["MeanTeacherMethod", "teacher_noise"]
+
+
+def teacher_noise(
+    like: torch.Tensor, std: float = 0.1, clip: float = 0.2, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Sample the teacher's input noise ``clamp(std * N(0, 1), -clip, clip)`` (SSL4MIS; DESIGN.md §3).
+
+    Args:
+        like: tensor whose shape, dtype and device the noise takes.
+        std: noise standard deviation, 0.1 in the reference code.
+        clip: clamp bound, 0.2 in the reference code.
+        generator: optional generator for reproducible noise.
+
+    Returns:
+        The noise tensor.
+    """
+    noise = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+    return torch.clamp(noise * std, -clip, clip)
+
+
+class MeanTeacherMethod(SSLMethod):
+    """``L = L_sup(s(x_l), y_l) + w(t) * mean((softmax(s(x_u)) - softmax(T(x_u + n)))^2)``.
+
+    Tarvainen & Valpola, "Mean teachers are better role models", NeurIPS 2017, Sec. 2-3; setup of Yu et al.,
+    UA-MT, MICCAI 2019 / SSL4MIS ``train_mean_teacher_3D.py`` (DESIGN.md §3): the student sees the labelled and
+    unlabelled images in one forward pass (shared BatchNorm statistics, as in the reference), the teacher
+    ``T`` (``engine.state.teacher``, an :class:`~semiseg.handlers.EMATeacher`) sees the unlabelled images plus
+    :func:`teacher_noise` without gradient, and ``w(t)`` is ``engine.state.consistency_weight``
+    (:class:`~semiseg.handlers.ConsistencyRampUp`, ``0.1 * sigmoid_rampup(iter // 150, 40)``).
+
+    Subclasses change one step: :meth:`sample_noise`, :meth:`teacher_forward` or :meth:`consistency`
+    (UA-MT overrides the last two).
+
+    Args:
+        supervised_loss: see :class:`SSLMethod`.
+        noise_std: teacher noise std (0.1).
+        noise_clip: teacher noise clamp (0.2).
+    """
+
+    required_state = (SSLKeys.TEACHER, SSLKeys.CONSISTENCY_WEIGHT)
+
+    def __init__(
+        self, supervised_loss: torch.nn.Module | None = None, noise_std: float = 0.1, noise_clip: float = 0.2
+    ) -> None:
+        super().__init__(supervised_loss)
+        self.noise_std = noise_std
+        self.noise_clip = noise_clip
+
+    def sample_noise(self, unlabelled: torch.Tensor) -> torch.Tensor:
+        """The teacher's input noise for this iteration (the one place MT draws randomness)."""
+        return teacher_noise(unlabelled, self.noise_std, self.noise_clip)
+
+    @torch.no_grad()
+    def teacher_forward(self, engine: Engine, unlabelled: torch.Tensor) -> torch.Tensor:
+        """Teacher logits on the noisy unlabelled batch, without gradient."""
+        teacher = self.state(engine, SSLKeys.TEACHER)
+        return teacher(unlabelled + self.sample_noise(unlabelled))
+
+    def consistency(
+        self, engine: Engine, student_logits: torch.Tensor, teacher_logits: torch.Tensor, unlabelled: torch.Tensor
+    ) -> torch.Tensor:
+        """The unsupervised term: softmax MSE between student and teacher."""
+        return softmax_mse(student_logits, teacher_logits)
+
+    def compute(
+        self, engine: Engine, labelled: LabelledBatch, unlabelled: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        images, labels = labelled
+        assert unlabelled is not None  # checked in __call__
+        num_labelled = images.shape[0]
+        logits = engine.network(torch.cat([images, unlabelled], dim=0))
+        logits_l, logits_u = logits[:num_labelled], logits[num_labelled:]
+        supervised = self.supervised_loss(logits_l, labels)
+        teacher_logits = self.teacher_forward(engine, unlabelled)
+        unsupervised = self.consistency(engine, logits_u, teacher_logits, unlabelled)
+        weight = float(self.state(engine, SSLKeys.CONSISTENCY_WEIGHT))
+        out = self.outputs(logits_l, supervised, unsupervised)
+        out[SSLKeys.CONSISTENCY_WEIGHT.value] = torch.tensor(weight)
+        return supervised + weight * unsupervised, out

@@ -1,0 +1,40 @@
+"""ssl4mis_dice_ce equals 0.5 (CE + SSL4MIS Dice) (DESIGN.md §3; SSL4MIS utils/losses.py::DiceLoss)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semiseg.losses import ssl4mis_dice_ce
+
+
+def _ssl4mis_dice(probs: torch.Tensor, labels: torch.Tensor, classes: range) -> torch.Tensor:
+    """The reference formula, written out: 1 - (2 sum(s t) + 1e-5) / (sum s^2 + sum t^2 + 1e-5), mean over classes."""
+    onehot = F.one_hot(labels[:, 0], probs.shape[1]).permute(0, 4, 1, 2, 3).float()
+    losses = []
+    for c in classes:
+        s, t = probs[:, c], onehot[:, c]
+        losses.append(1 - (2 * (s * t).sum() + 1e-5) / ((s * s).sum() + (t * t).sum() + 1e-5))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_matches_reference_formula(include_background: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, 6, generator=gen)
+    labels = torch.randint(0, 3, (2, 1, 6, 6, 6), generator=gen)
+    classes = range(0 if include_background else 1, 3)
+    expected = 0.5 * (_ssl4mis_dice(torch.softmax(logits, 1), labels, classes) + F.cross_entropy(logits, labels[:, 0]))
+    got = ssl4mis_dice_ce(include_background=include_background)(logits, labels)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_hand_computed_single_voxel_pair() -> None:
+    # two voxels, two classes, logits 0 -> p = 0.5 everywhere; labels (0, 1)
+    logits = torch.zeros(1, 2, 2, 1, 1)
+    labels = torch.tensor([0, 1]).view(1, 1, 2, 1, 1)
+    # per class: sum(s t) = 0.5, sum s^2 = 0.5, sum t^2 = 1 -> dice = 1 - (1 + 1e-5) / (1.5 + 1e-5); CE = ln 2
+    dice = 1 - (1 + 1e-5) / (1.5 + 1e-5)
+    expected = 0.5 * (dice + 0.6931471805599453)
+    assert ssl4mis_dice_ce()(logits, labels).item() == pytest.approx(expected, abs=1e-6)
