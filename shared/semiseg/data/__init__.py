@@ -1,0 +1,30 @@
+"""The data layer: read data sets in the MSD, BPL and SSL4MIS-h5 layouts, check them, and load their volumes.
+
+``load_datalist`` turns a data set directory into labelled / unlabelled / test item lists (DESIGN.md section 4);
+``validate_datalist`` checks item lists; ``LoadVolumed`` (with ``H5Reader``) loads every supported format in MONAI
+transform chains. Every data problem raises ``DataValidationError`` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+from .datalist import load_datalist, select_labelled
+from .errors import DataValidationError
+from .layouts import LAYOUTS, detect_layout, read_layout
+from .readers import H5_SEPARATOR, H5Reader, LoadVolumed, split_h5_path
+from .validation import validate_datalist
+
+# demo data: see semiseg.data.demo
+
+__all__ = [
+    "DataValidationError",
+    "load_datalist",
+    "select_labelled",
+    "validate_datalist",
+    "LAYOUTS",
+    "detect_layout",
+    "read_layout",
+    "H5_SEPARATOR",
+    "H5Reader",
+    "LoadVolumed",
+    "split_h5_path",
+]

@@ -1,0 +1,116 @@
+"""Transform chains shared by every bundle: labelled and unlabelled training crops, evaluation loading.
+
+Bundles reference these factories (``semiseg.data.transforms.labelled_train_transforms``) so that eleven
+``train.json`` files do not repeat forty lines of transforms. ``inference.json`` spells out the same loading and
+normalisation with MONAI transforms only, so a released bundle runs with nothing but MONAI installed;
+``tests/bundles`` checks the two stay equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    MapTransform,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandSpatialCropSamplesd,
+    ScaleIntensityRangePercentilesd,
+    SpatialPadd,
+)
+
+from semiseg.data.readers import LoadVolumed
+
+__all__ = ["load_and_normalise", "labelled_train_transforms", "unlabelled_train_transforms", "eval_transforms"]
+
+
+def load_and_normalise(keys: Sequence[str], lower: float = 0.5, upper: float = 99.5) -> list[MapTransform]:
+    """Load (NIfTI, NRRD, .npy, LA ``.h5::key``), channel-first, RAS, per-case percentile scaling of ``image`` to [0, 1].
+
+    Args:
+        keys: data keys to load; ``"image"`` first.
+        lower: lower intensity percentile mapped to 0.
+        upper: upper intensity percentile mapped to 1.
+
+    Returns:
+        The transforms, as a list to extend.
+    """
+    keys = list(keys)
+    return [
+        LoadVolumed(keys=keys, image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        Orientationd(keys=keys, axcodes="RAS", labels=None),
+        ScaleIntensityRangePercentilesd(keys="image", lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
+    ]
+
+
+def _flips(keys: list[str], prob: float) -> list[MapTransform]:
+    return [RandFlipd(keys=keys, prob=prob, spatial_axis=axis) for axis in range(3)]
+
+
+def labelled_train_transforms(
+    roi_size: Sequence[int], num_samples: int = 2, pos: float = 1.0, neg: float = 1.0, flip_prob: float = 0.5
+) -> Compose:
+    """Labelled training chain: load, normalise, pad to ``roi_size``, foreground-balanced random crops, flips.
+
+    Args:
+        roi_size: crop size (DESIGN.md §3: 112x112x80 for LA; the demo uses 48^3).
+        num_samples: crops per case per draw (a DataLoader batch of ``b`` cases gives ``b * num_samples`` patches).
+        pos: ``RandCropByPosNegLabeld`` foreground weight.
+        neg: background weight.
+        flip_prob: probability of a flip along each axis.
+
+    Returns:
+        The composed transform.
+    """
+    keys = ["image", "label"]
+    return Compose(
+        load_and_normalise(keys)
+        + [
+            SpatialPadd(keys=keys, spatial_size=roi_size),
+            RandCropByPosNegLabeld(
+                keys=keys, label_key="label", spatial_size=roi_size, pos=pos, neg=neg, num_samples=num_samples
+            ),
+            *_flips(keys, flip_prob),
+            EnsureTyped(keys=keys, track_meta=False),
+        ]
+    )
+
+
+def unlabelled_train_transforms(roi_size: Sequence[int], num_samples: int = 2, flip_prob: float = 0.5) -> Compose:
+    """Unlabelled training chain: load, normalise, pad, uniform random crops, flips.
+
+    Args:
+        roi_size: crop size, equal to the labelled one (the methods concatenate both batches).
+        num_samples: crops per case per draw.
+        flip_prob: probability of a flip along each axis.
+
+    Returns:
+        The composed transform.
+    """
+    keys = ["image"]
+    return Compose(
+        load_and_normalise(keys)
+        + [
+            SpatialPadd(keys=keys, spatial_size=roi_size),
+            RandSpatialCropSamplesd(keys=keys, roi_size=roi_size, num_samples=num_samples, random_size=False),
+            *_flips(keys, flip_prob),
+            EnsureTyped(keys=keys, track_meta=False),
+        ]
+    )
+
+
+def eval_transforms(with_label: bool = True) -> Compose:
+    """Whole-volume chain for validation/evaluation (sliding-window inference follows).
+
+    Args:
+        with_label: also load ``label``.
+
+    Returns:
+        The composed transform.
+    """
+    return Compose(load_and_normalise(["image", "label"] if with_label else ["image"]))
