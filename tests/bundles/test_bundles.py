@@ -1,0 +1,162 @@
+"""Smoke tests per bundle, as the model-zoo CI does: training, evaluate and inference through `monai.bundle run`
+for a few iterations on small demo data, plus the metadata and network I/O checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
+
+from semiseg.data import DataValidationError
+from tests.bundles.conftest import BUNDLES, REPO, config
+
+
+def _overrides(tiny_demo: Path, out: Path, **extra) -> dict:
+    return {
+        "dataset_dir": str(tiny_demo),
+        "output_dir": str(out / "eval"),
+        "ckpt_dir": str(out / "models"),
+        "num_labelled": 2,
+        "roi_size": [32, 32, 32],
+        "num_workers": 0,
+        "log_every": 1,
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_training_evaluate_inference(bundle: str, tiny_demo: Path, tmp_path: Path) -> None:
+    common = _overrides(tiny_demo, tmp_path)
+    run("training", config_file=config(bundle, "train.json"), max_iterations=3, iterations_per_epoch=2,
+        val_interval=1, **common)
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint.pt").is_file()
+    checkpoint = torch.load(models / "checkpoint.pt", weights_only=True)
+    assert checkpoint["trainer"]["iteration"] == 2  # max_epochs = 3 // 2 = 1 epoch of 2 iterations
+    expected = {"model", "optimizer", "lr_scheduler", "trainer"} | (
+        {"teacher", "rampup"} if bundle == "mean_teacher" else set())
+    assert set(checkpoint) == expected
+
+    run(config_file=[config(bundle, "train.json"), config(bundle, "evaluate.json")], **common)
+    with open(tmp_path / "eval" / "dice_raw.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {"class0", "class1"} <= set(rows[0])
+    for metric in ("dice", "hd95", "asd"):
+        assert (tmp_path / "eval" / f"{metric}_summary.csv").is_file()
+
+    infer_out = tmp_path / "infer"
+    run(config_file=config(bundle, "inference.json"), dataset_dir=str(tiny_demo), ckpt_dir=str(models),
+        output_dir=str(infer_out), roi_size=[32, 32, 32])
+    seg = nib.load(infer_out / "test_000_seg.nii.gz")
+    entropy = nib.load(infer_out / "test_000_entropy.nii.gz").get_fdata()
+    image = nib.load(tiny_demo / "imagesTs" / "test_000.nii.gz")
+    assert seg.shape == image.shape and np.allclose(seg.affine, image.affine)
+    assert set(np.unique(seg.get_fdata())) <= {0, 1, 2}
+    assert 0.0 <= entropy.min() and entropy.max() <= 1.0 + 1e-5
+
+
+def test_resume_continues_from_checkpoint(tiny_demo: Path, tmp_path: Path) -> None:
+    common = _overrides(tiny_demo, tmp_path, iterations_per_epoch=2, val_interval=10)
+    run("training", config_file=config("mean_teacher", "train.json"), max_iterations=2, **common)
+    first = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    run("training", config_file=config("mean_teacher", "train.json"), max_iterations=4, resume=True, **common)
+    second = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    assert (first["trainer"]["iteration"], second["trainer"]["iteration"]) == (2, 4)
+    assert second["rampup"]["every"] == 150
+    assert any(not torch.equal(second["teacher"][k], first["teacher"][k]) for k in first["teacher"])
+
+
+def test_cli_run_without_run_id(tiny_demo: Path, tmp_path: Path) -> None:
+    """`python -m monai.bundle run --config_file train.json` (no `training`) trains too."""
+    args = []
+    for key, value in _overrides(tiny_demo, tmp_path, max_iterations=1).items():
+        args += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config("mean_teacher", "train.json"), *args]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_missing_dataset_dir_fails_early_with_its_name(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(RuntimeError) as info:
+        run("training", config_file=config("mean_teacher", "train.json"), dataset_dir=str(missing),
+            ckpt_dir=str(tmp_path / "m"), output_dir=str(tmp_path / "e"), num_workers=0)
+    chain = []
+    err: BaseException | None = info.value
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__
+    data_errors = [e for e in chain if isinstance(e, DataValidationError)]
+    assert data_errors and str(missing) in str(data_errors[0])
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_verifies_offline(bundle: str) -> None:
+    verify_metadata(meta_file=config(bundle, "metadata.json"), filepath=str(REPO / "schemas" / "meta_schema_20240725.json"))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_network_io_matches_metadata(bundle: str) -> None:
+    verify_net_in_out(net_id="network_def", meta_file=config(bundle, "metadata.json"),
+                      config_file=config(bundle, "inference.json"), device="cpu")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_config_needs_only_monai(bundle: str) -> None:
+    """A released bundle runs inference with nothing but MONAI: inference.json must not reference semiseg."""
+    text = Path(config(bundle, "inference.json")).read_text()
+    assert "semiseg" not in text
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "inference.json"))
+    for key in ("network_def", "preprocessing", "inferer", "postprocessing", "evaluator", "run", "bundle_root",
+                "device"):
+        assert key in parser, key
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_inference_preprocessing_equals_training_eval_transforms(bundle: str, tiny_demo: Path) -> None:
+    from semiseg.data.transforms import eval_transforms
+
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "inference.json"))
+    path = str(tiny_demo / "imagesTs" / "test_001.nii.gz")
+    ours = eval_transforms(with_label=False)({"image": path})["image"]
+    theirs = parser.get_parsed_content("preprocessing")({"image": path})["image"]
+    assert torch.allclose(ours.as_tensor(), theirs.as_tensor())
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_train_config_has_the_ids_tools_look_up(bundle: str) -> None:
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "train.json"))
+    for key in ("training", "run", "network_def", "network", "train#trainer", "train#handlers",
+                "train#dataset#data", "validate#dataset#data", "train#trainer#max_epochs", "validate#evaluator",
+                "dataset_dir", "bundle_root", "ckpt_dir"):
+        assert key in parser, key
+    if bundle != "supervised":
+        assert "train#unlabelled#dataset#data" in parser
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_multi_gpu_overlay_only_overrides_existing_ids(bundle: str) -> None:
+    train = ConfigParser()
+    train.read_config(config(bundle, "train.json"))
+    overlay = json.loads(Path(config(bundle, "multi_gpu_train.json")).read_text())
+    new_ids = {"finalize"}  # the overlay may add these; everything else must override an id train.json has
+    for key in overlay:
+        if key in new_ids or key in train:
+            continue
+        parent, _, leaf = key.rpartition("#")
+        assert leaf == "sampler" and parent in train, f"multi_gpu_train.json overrides {key!r}, absent from train.json"
+    merged = ConfigParser()
+    merged.read_config([config(bundle, "train.json"), config(bundle, "multi_gpu_train.json")])
+    assert merged["train#dataloader#sampler"] == "@train#sampler"
