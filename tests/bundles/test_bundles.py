@@ -51,6 +51,10 @@ def test_training_evaluate_inference(bundle: str, tiny_demo: Path, tmp_path: Pat
     assert len(rows) == 2 and {"class0", "class1"} <= set(rows[0])
     for metric in ("dice", "hd95", "asd"):
         assert (tmp_path / "eval" / f"{metric}_summary.csv").is_file()
+    case = json.loads((tmp_path / "eval" / "test_000_metrics.json").read_text())
+    assert case["image"].endswith("test_000.nii.gz") and set(case) == {"image", "dice", "hd95", "asd"}
+    assert set(case["dice"]) == {"organ", "lesion", "mean"}
+    assert case["dice"]["organ"] == pytest.approx(float(rows[0]["class0"]), abs=1e-4)
 
     infer_out = tmp_path / "infer"
     run(config_file=config(bundle, "inference.json"), dataset_dir=str(tiny_demo), ckpt_dir=str(models),
