@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "shared"))
 
+from semiseg.bundle import bundle_command, run_bundle  # noqa: E402
 from semiseg.data.demo import make_demo_dataset  # noqa: E402
 from semiseg.reporting import format_table, read_metric_csvs, save_overlay_png  # noqa: E402
 
@@ -28,22 +28,10 @@ METHODS = ("supervised", "mean_teacher")
 CLASSES = ("organ", "lesion")
 
 
-def _bundle(method: str, run_id: str, extra_configs: list[str], overrides: dict) -> float:
-    configs = [str(REPO / "bundles" / method / "configs" / c) for c in ["train.json", *extra_configs]]
-    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + [
-        "--config_file", str(configs) if len(configs) > 1 else configs[0]]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    print(f"\n=== {method}: {' '.join(cmd[3:5])} ...", flush=True)
-    start = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return time.time() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=1000, help="training iterations per method")
-    parser.add_argument("--num-labelled", type=int, default=4, help="labelled budget (first k training cases)")
+    parser.add_argument("--iterations", type=int, default=1500, help="training iterations per method")
+    parser.add_argument("--num-labelled", type=int, default=2, help="labelled budget (first k training cases)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "demo")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
@@ -57,10 +45,13 @@ def main() -> None:
         out = args.out / method
         common = {"dataset_dir": args.data, "output_dir": out, "ckpt_dir": out / "models", "seed": args.seed,
                   "num_labelled": args.num_labelled}
-        timings[f"{method}_train_s"] = _bundle(method, "training", [], {
-            **common, "max_iterations": args.iterations, "iterations_per_epoch": 100,
-            "val_interval": max(1, args.iterations // 100 // 2), "log_every": 50})
-        timings[f"{method}_evaluate_s"] = _bundle(method, "", ["evaluate.json"], common)
+        train = {**common, "max_iterations": args.iterations, "iterations_per_epoch": 100,
+                 "val_interval": max(1, args.iterations // 100 // 3), "log_every": 100}
+        command = " ".join(bundle_command(method, "training", overrides=train)[1:])
+        print(f"\n=== {method}: training, {args.iterations} iterations\n{command}", flush=True)
+        timings[f"{method}_train_s"] = run_bundle(method, "training", overrides=train)
+        print(f"\n=== {method}: evaluate on the test cases", flush=True)
+        timings[f"{method}_evaluate_s"] = run_bundle(method, None, ["train.json", "evaluate.json"], common)
         results[method] = read_metric_csvs(out, CLASSES)
 
     table = format_table(results)

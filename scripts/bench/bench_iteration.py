@@ -39,7 +39,7 @@ from semiseg.methods import MeanTeacherMethod  # noqa: E402
 
 def _net(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
-    return UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=1, norm="batch").to(device)
+    return UNet(3, 1, 3, (16, 32, 64, 128), (2, 2, 2), num_res_units=1, norm="instance").to(device)
 
 
 def _sync(device: torch.device) -> None:
