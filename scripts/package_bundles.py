@@ -3,7 +3,8 @@
 The zip holds ``<name>/configs``, ``<name>/docs``, ``<name>/LICENSE`` and, when trained weights are given,
 ``<name>/models/model.pt``. Its ``inference.json`` needs only MONAI, so after
 
-    python -c "from monai.bundle import download; download(name='mean_teacher', url='file:///.../mean_teacher_v0.1.0.zip', bundle_dir='bundles')"
+    python -c "from monai.bundle import download; \
+        download(name='mean_teacher', url='file:///.../mean_teacher_v0.1.0.zip', bundle_dir='bundles')"
     cd bundles/mean_teacher && python -m monai.bundle run --config_file configs/inference.json --dataset_dir DATA
 
 inference runs with nothing but MONAI installed (``bundle_root`` resolves to ``.`` outside the repo).

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "shared"))

@@ -105,7 +105,8 @@ def test_missing_dataset_dir_fails_early_with_its_name(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_metadata_verifies_offline(bundle: str) -> None:
-    verify_metadata(meta_file=config(bundle, "metadata.json"), filepath=str(REPO / "schemas" / "meta_schema_20240725.json"))
+    schema = REPO / "schemas" / "meta_schema_20240725.json"
+    verify_metadata(meta_file=config(bundle, "metadata.json"), filepath=str(schema))
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -29,7 +29,9 @@ __all__ = ["load_and_normalise", "labelled_train_transforms", "unlabelled_train_
 
 
 def load_and_normalise(keys: Sequence[str], lower: float = 0.5, upper: float = 99.5) -> list[MapTransform]:
-    """Load (NIfTI, NRRD, .npy, LA ``.h5::key``), channel-first, RAS, per-case percentile scaling of ``image`` to [0, 1].
+    """Load (NIfTI, NRRD, .npy, LA ``.h5::key``), channel-first, RAS, per-case percentile scaling of ``image``.
+
+    The image is scaled to [0, 1] between its ``lower`` and ``upper`` intensity percentiles (clipped).
 
     Args:
         keys: data keys to load; ``"image"`` first.

@@ -179,7 +179,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         if not torch.isfinite(loss.detach()).all():
             terms = {k: float(v) for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
             message = (
-                f"non-finite loss {float(loss.detach()):.4g} at iteration {self.state.iteration} (epoch {self.state.epoch}); "
+                f"non-finite loss {float(loss.detach()):.4g} at iteration {self.state.iteration} "
+                f"(epoch {self.state.epoch}); "
                 f"terms {terms}; labelled batch {_batch_files(batchdata) or '(no file names)'}. The update was not "
                 "applied. Common causes: a learning rate too high for this data, an image with NaN/inf voxels, or a "
                 "constant image that intensity normalisation divides by zero."
