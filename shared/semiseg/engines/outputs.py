@@ -10,7 +10,7 @@ from monai.utils import CommonKeys as Keys
 
 from semiseg.keys import SSLKeys
 
-__all__ = ["loss_terms"]
+__all__ = ["loss_terms", "image_filenames"]
 
 _TERMS = (Keys.LOSS, SSLKeys.SUPERVISED_LOSS.value, SSLKeys.UNSUPERVISED_LOSS.value, SSLKeys.CONSISTENCY_WEIGHT.value)
 
@@ -37,3 +37,26 @@ def loss_terms(output: Any) -> dict[str, float]:
         if value is not None:
             terms[key] = float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
     return terms
+
+
+def image_filenames(batch: Any) -> list[str]:
+    """File names of the ``image`` entries of a batch, collated (one dict) or decollated (a list of dicts).
+
+    Reads ``filename_or_obj`` from the MetaTensor's meta or from ``image_meta_dict``; items without one contribute
+    nothing.
+
+    Args:
+        batch: ``engine.state.batch`` or a single data item.
+
+    Returns:
+        The file names, in batch order.
+    """
+    names: list[str] = []
+    for item in batch if isinstance(batch, (list, tuple)) else [batch]:
+        if not isinstance(item, Mapping):
+            continue
+        image = item.get(Keys.IMAGE)
+        meta = getattr(image, "meta", None) or item.get(f"{Keys.IMAGE}_meta_dict") or {}
+        value = meta.get("filename_or_obj", [])
+        names += [str(n) for n in (value if isinstance(value, (list, tuple)) else [value])]
+    return names

@@ -12,6 +12,7 @@ from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader, DistributedSampler
 
+from semiseg.engines.outputs import image_filenames
 from semiseg.keys import SSLIterationEvents
 from semiseg.methods.base import SSLMethod
 
@@ -54,16 +55,6 @@ class UnlabelledCycle:
                 return next(self._iter)  # type: ignore[arg-type]
             except StopIteration:
                 raise ValueError("the unlabelled data loader yields no batch: its data set is empty.") from None
-
-
-def _batch_files(batchdata: Any) -> list[str]:
-    """File names of a collated batch (MetaTensor meta or ``image_meta_dict``), for error messages."""
-    if not isinstance(batchdata, dict):
-        return []
-    image = batchdata.get(Keys.IMAGE)
-    meta = getattr(image, "meta", None) or batchdata.get(f"{Keys.IMAGE}_meta_dict") or {}
-    names = meta.get("filename_or_obj", [])
-    return [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
 
 
 class SemiSupervisedTrainer(SupervisedTrainer):
@@ -181,7 +172,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             message = (
                 f"non-finite loss {float(loss.detach()):.4g} at iteration {self.state.iteration} "
                 f"(epoch {self.state.epoch}); "
-                f"terms {terms}; labelled batch {_batch_files(batchdata) or '(no file names)'}. The update was not "
+                f"terms {terms}; labelled batch {image_filenames(batchdata) or '(no file names)'}. The update was not "
                 "applied. Common causes: a learning rate too high for this data, an image with NaN/inf voxels, or a "
                 "constant image that intensity normalisation divides by zero."
             )

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
-from monai.utils import CommonKeys as Keys
+
+from semiseg.engines.outputs import image_filenames
 
 __all__ = ["CaseMetricsWriter"]
 
@@ -44,8 +45,8 @@ class CaseMetricsWriter:
     def _collect(self, engine: Engine) -> None:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch]
         for item in batch:
-            meta = getattr(item.get(Keys.IMAGE), "meta", {}) or item.get(f"{Keys.IMAGE}_meta_dict", {})
-            self._files.append(str(meta.get("filename_or_obj", f"case_{len(self._files):03d}")))
+            names = image_filenames(item)
+            self._files.append(names[0] if names else f"case_{len(self._files):03d}")
 
     @staticmethod
     def _value(x: float) -> float | None:
