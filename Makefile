@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.semiseg-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test bench package lint clean
+.PHONY: install configs demo test bench package lint clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate bundles/*/configs from templates/bundle + bundles/<name>/overlay.json (the test suite checks drift).
+configs: $(STAMP)
+	$(PY) -m semiseg.bundle_config
 
 demo: $(STAMP)
 	$(PY) scripts/run_demo.py

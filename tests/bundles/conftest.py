@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from semiseg.bundle_config import bundle_dirs
 from semiseg.data.demo import make_demo_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLES = ("supervised", "mean_teacher")
+BUNDLES = tuple(d.name for d in bundle_dirs(REPO / "bundles"))  # every bundle generated from an overlay
 
 
 @pytest.fixture(scope="session")
