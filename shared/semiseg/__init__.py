@@ -6,8 +6,11 @@ Importing ``semiseg`` imports its subpackages, so a bundle config needs one ``"$
 
 from __future__ import annotations
 
-from . import data, engines, handlers, inference, keys, losses, methods, ramps, reporting
+from . import data, engines, handlers, inference, keys, losses, methods, metrics, networks, ramps, reporting
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "engines", "handlers", "inference", "keys", "losses", "methods", "ramps", "reporting", "__version__"]
+__all__ = [
+    "data", "engines", "handlers", "inference", "keys", "losses", "methods", "metrics", "networks", "ramps", "reporting",
+    "__version__",
+]

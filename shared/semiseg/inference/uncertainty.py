@@ -10,7 +10,7 @@ from monai.config import KeysCollection
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import MapTransform
 
-from semiseg.losses import entropy_map
+from ..losses.entropy import entropy_map
 
 __all__ = ["sliding_window_inferer", "predict_with_uncertainty", "EntropyMapd"]
 

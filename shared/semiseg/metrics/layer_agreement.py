@@ -1,0 +1,97 @@
+"""Layer agreement and AULA, the segmentation uncertainty of Layer Ensembles.
+
+Kushibar et al., "Layer Ensembles: A Single-Pass Uncertainty Estimation in Deep Learning for Segmentation",
+MICCAI 2022: a network with segmentation heads at several depths gives one prediction per head; the Dice
+between the masks of consecutive heads, plotted against the head index, is the *layer agreement* curve, and the
+area under it (AULA) is high when the heads agree (confident) and low when they do not (uncertain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["layer_agreement", "aula"]
+
+
+def _foreground_masks(probs: torch.Tensor) -> torch.Tensor:
+    """``(B, K, N)`` boolean masks of the K foreground classes of ``(B, C, *spatial)`` probabilities."""
+    batch, num_channels = probs.shape[:2]
+    if num_channels == 1:  # one sigmoid channel: foreground where p > 0.5
+        return (probs > 0.5).reshape(batch, 1, -1)
+    labels = probs.argmax(dim=1).reshape(batch, 1, -1)
+    classes = torch.arange(1, num_channels, device=probs.device).view(1, -1, 1)
+    return labels == classes
+
+
+def _mask_dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-item Dice of ``(B, K, N)`` masks: mean over classes present in ``a`` or ``b``; 1 if none is."""
+    intersection = (a & b).sum(dim=-1).float()
+    total = a.sum(dim=-1).float() + b.sum(dim=-1).float()
+    present = total > 0
+    dice = torch.where(present, 2.0 * intersection / total.clamp_min(1.0), torch.zeros_like(total))
+    num_present = present.sum(dim=1)
+    mean = dice.sum(dim=1) / num_present.clamp_min(1).float()
+    return torch.where(num_present > 0, mean, torch.ones_like(mean))
+
+
+def layer_agreement(head_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The layer-agreement curve: Dice between the masks of each pair of adjacent heads.
+
+    Each head's probabilities (or logits, for ``C > 1``) are binarised: ``C > 1`` channels by argmax over the
+    channel dimension, one mask per foreground class ``1..C-1``; a single channel by ``p > 0.5``. The agreement
+    of heads ``i`` and ``i + 1`` is the Dice of their masks, averaged over the foreground classes present in at
+    least one of the two masks.
+
+    Edge cases: both masks empty for every foreground class gives agreement 1 (the heads agree there is nothing);
+    a class empty in both masks is left out of the class mean rather than counted as 1, so absent classes do not
+    inflate the agreement; one mask empty and the other not gives 0 for that class.
+
+    Args:
+        head_probs: ``L >= 2`` tensors of equal shape ``(B, C, *spatial)``, ordered by head depth (as in the paper's
+            curve).
+
+    Returns:
+        ``(B, L - 1)`` float agreements in [0, 1], one curve per batch item.
+
+    Raises:
+        ValueError: if fewer than two heads are given, or the shapes differ or lack a spatial dimension.
+    """
+    if len(head_probs) < 2:
+        raise ValueError(f"layer agreement needs at least 2 heads, got {len(head_probs)}.")
+    shape = tuple(head_probs[0].shape)
+    if len(shape) < 3:
+        raise ValueError(f"head probabilities must be (B, C, *spatial), got shape {shape}.")
+    for i, probs in enumerate(head_probs):
+        if tuple(probs.shape) != shape:
+            raise ValueError(f"all heads must have shape {shape}, head {i} has {tuple(probs.shape)}.")
+    masks = [_foreground_masks(probs) for probs in head_probs]
+    return torch.stack([_mask_dice(masks[i], masks[i + 1]) for i in range(len(masks) - 1)], dim=1)
+
+
+def aula(head_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Area under the layer-agreement curve (AULA), per batch item, in [0, 1].
+
+    With agreements ``a_1 .. a_{L-1}`` from :func:`layer_agreement` at unit spacing, the trapezoid rule gives
+    ``AULA = sum_{i=1}^{L-2} (a_i + a_{i+1}) / 2``, divided by the ``L - 2`` intervals so that full agreement is 1
+    and none is 0 (the division only fixes the scale; the ranking of cases is the paper's). With only two heads the
+    curve is one point and AULA is that agreement.
+
+    Edge cases: heads that all predict empty foreground give AULA 1; see :func:`layer_agreement` for the Dice
+    conventions.
+
+    Args:
+        head_probs: ``L >= 2`` tensors of equal shape ``(B, C, *spatial)``, ordered by head depth.
+
+    Returns:
+        ``(B,)`` float AULA; lower means more uncertain.
+
+    Raises:
+        ValueError: as :func:`layer_agreement`.
+    """
+    curve = layer_agreement(head_probs)
+    intervals = curve.shape[1] - 1
+    if intervals == 0:
+        return curve[:, 0]
+    return torch.trapezoid(curve, dim=1) / intervals

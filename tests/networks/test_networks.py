@@ -1,0 +1,115 @@
+"""semiseg.networks: the bundles' UNet factory and the URPC deep-supervision UNet (Luo et al., MICCAI 2021)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import UNet
+
+from semiseg.networks import DeepSupervisionUNet, unet
+from tests.bundles.conftest import config
+
+SMALL = (4, 8, 16, 32, 64)
+
+
+def _same_architecture(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return repr(a) == repr(b) and {k: v.shape for k, v in a.state_dict().items()} == {
+        k: v.shape for k, v in b.state_dict().items()
+    }
+
+
+def test_unet_defaults_match_the_bundles_network_def() -> None:
+    expected = UNet(3, 1, 3, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, norm="instance")
+    assert _same_architecture(unet(), expected)
+    parser = ConfigParser()
+    parser.read_config(config("mean_teacher", "train.json"))
+    assert _same_architecture(unet(), parser.get_parsed_content("network_def"))
+
+
+def test_unet_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match=r"strides=\(2, 2\)"):
+        unet(channels=(8, 16, 32, 64), strides=(2, 2))
+    with pytest.raises(ValueError, match="1.5"):
+        unet(dropout=1.5)
+
+
+def test_training_mode_returns_four_logits_at_input_size_finest_first() -> None:
+    torch.manual_seed(0)
+    net = DeepSupervisionUNet(in_channels=1, out_channels=3, filters=SMALL).train()
+    outputs = net(torch.randn(2, 1, 32, 16, 48))
+    assert isinstance(outputs, list) and len(outputs) == 4
+    assert all(o.shape == (2, 3, 32, 16, 48) for o in outputs)
+    # the auxiliary heads sit at 1/2, 1/4, 1/8 of the input size before upsampling (URPC's four scales)
+    assert [tuple(h.shape[2:]) for h in net.heads] == [(16, 8, 24), (8, 4, 12), (4, 2, 6)]
+    assert not any(torch.allclose(outputs[0], o) for o in outputs[1:])
+
+
+def test_aux_outputs_are_trilinear_upsamplings_of_the_heads() -> None:
+    net = DeepSupervisionUNet(filters=SMALL).train()
+    outputs = net(torch.randn(1, 1, 32, 32, 32))
+    up = torch.nn.functional.interpolate(net.heads[2], size=(32, 32, 32), mode="trilinear", align_corners=False)
+    assert torch.equal(outputs[3], up)
+
+
+def test_every_head_gets_gradients() -> None:
+    net = DeepSupervisionUNet(filters=SMALL).train()
+    outputs = net(torch.randn(1, 1, 32, 32, 32))
+    sum(o.mean() for o in outputs[1:]).backward()
+    grads = [p.grad for p in net.deep_supervision_heads.parameters()]
+    assert len(grads) == 6 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_eval_mode_returns_the_main_output_for_sliding_window_inference() -> None:
+    torch.manual_seed(0)
+    net = DeepSupervisionUNet(filters=SMALL)
+    x = torch.randn(1, 1, 32, 32, 32)
+    main_train = net.train()(x)[0]
+    net.eval()
+    with torch.no_grad():
+        main_eval = net(x)
+        assert isinstance(main_eval, torch.Tensor)
+        torch.testing.assert_close(main_eval, main_train.detach())  # instance norm, no dropout: same function
+        volume = torch.randn(1, 1, 40, 48, 36)  # not divisible by 16: the inferer's 32^3 windows are
+        seg = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=2)(volume, net)
+    assert seg.shape == (1, 3, 40, 48, 36)
+
+
+def test_deepcopy_keeps_its_own_heads_for_an_ema_teacher() -> None:
+    student = DeepSupervisionUNet(filters=SMALL).train()
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1)
+    x = torch.randn(1, 1, 32, 32, 32)
+    s_out, t_out = student(x), teacher(x)
+    assert teacher.heads is not student.heads
+    assert not torch.allclose(s_out[1], t_out[1])
+    torch.testing.assert_close(t_out[1], teacher(x)[1])
+
+
+def test_default_is_four_outputs_and_state_dict_is_mode_independent() -> None:
+    net = DeepSupervisionUNet()
+    assert net.num_outputs == 4 and net.deep_supr_num == 3 and net.size_divisor == 16
+    other = DeepSupervisionUNet().eval()
+    other.load_state_dict(net.state_dict())  # strict: a checkpoint from training loads for inference
+
+
+def test_two_outputs_and_2d() -> None:
+    net = DeepSupervisionUNet(in_channels=2, out_channels=4, filters=(4, 8, 16), num_outputs=2, spatial_dims=2)
+    outputs = net.train()(torch.randn(1, 2, 16, 24))
+    assert [o.shape for o in outputs] == [(1, 4, 16, 24)] * 2
+
+
+def test_argument_and_input_checks_name_the_bad_value() -> None:
+    with pytest.raises(ValueError, match=r"at least 5 filters.*\(8, 16, 32, 64\)"):
+        DeepSupervisionUNet(filters=(8, 16, 32, 64))
+    with pytest.raises(ValueError, match="num_outputs >= 2.*1"):
+        DeepSupervisionUNet(num_outputs=1)
+    with pytest.raises(ValueError, match="spatial_dims 2 or 3, got 1"):
+        DeepSupervisionUNet(spatial_dims=1)
+    with pytest.raises(ValueError, match=r"divisible by 16, got shape \(1, 1, 24, 32, 32\)"):
+        DeepSupervisionUNet(filters=SMALL)(torch.randn(1, 1, 24, 32, 32))
