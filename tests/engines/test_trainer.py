@@ -104,7 +104,9 @@ def test_missing_handler_gives_clear_error(loaders) -> None:
     trainer = SemiSupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=loaders[0],
                                     unlabelled_data_loader=loaders[1], network=net,
                                     optimizer=torch.optim.SGD(net.parameters(), lr=0.01), method=MeanTeacherMethod())
-    with pytest.raises(RuntimeError, match="teacher.*consistency_weight|EMATeacher"):
+    with pytest.raises(RuntimeError, match=r"reads engine.state.teacher, engine.state.consistency_weight, which "
+                                           r"no handler sets: add semiseg.handlers.EMATeacher \(sets "
+                                           r"engine.state.teacher\) to train#handlers; add semiseg.handlers.Consist"):
         trainer.run()
 
 
@@ -120,10 +122,12 @@ def test_method_needing_unlabelled_data_rejects_missing_or_empty_loader(loaders)
 
 def test_supervised_runs_without_unlabelled(loaders) -> None:
     net = tiny_unet()
-    trainer = SemiSupervisedTrainer("cpu", 1, loaders[0], net, torch.optim.SGD(net.parameters(), lr=0.01),
-                                    SupervisedMethod(), epoch_length=2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    trainer = SemiSupervisedTrainer("cpu", 1, loaders[0], net, opt, SupervisedMethod(), epoch_length=2)
     trainer.run()
     assert trainer.state.iteration == 2 and set(loss_terms(trainer.state.output)) == {"loss", "sup_loss"}
+    assert trainer.networks == {"network": net} and trainer.optimizers == {"optimizer": opt}
+    assert trainer.unlabelled is None and "unlabelled" not in trainer.state_dict()
 
 
 class _NaNMethod(SupervisedMethod):

@@ -1,6 +1,11 @@
-"""ConsistencyRampUp: engine.state.consistency_weight = w * sigmoid_rampup(iter // every, length) (DESIGN.md §2-3)."""
+"""ConsistencyRampUp / RampScheduler: engine.state.<param> = start + (end - start) * ramp((index - offset) // every).
+
+Formulas: docs/architecture.md §2-3.
+"""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from ignite.engine import Engine, Events
@@ -57,9 +62,7 @@ def test_simulate_values() -> None:
 
 
 def test_uamt_threshold_schedule_as_ramp() -> None:
-    # UA-MT: (0.75 + 0.25 * sigmoid_rampup(iter, max_iter)) * ln 2, DESIGN.md §3
-    import math
-
+    # UA-MT: (0.75 + 0.25 * sigmoid_rampup(iter, max_iter)) * ln 2, docs/architecture.md §3
     sched = RampScheduler("uncertainty_threshold", 0.75 * math.log(2), math.log(2), length=100)
     assert sched.value_at(100) == pytest.approx(math.log(2))
     assert sched.value_at(0) == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(2))
@@ -74,3 +77,59 @@ def test_state_dict_roundtrip_and_bad_arguments() -> None:
         ConsistencyRampUp(ramp="step")
     with pytest.raises(ValueError, match="unit"):
         ConsistencyRampUp(unit="minute")
+
+
+def test_offset_holds_start_then_ramps_from_the_offset() -> None:
+    # linear ramp 1 -> 3 over t in [0, 4], t = (index - 3) // 2: index 0-2 start; 3-4 t=0; 5-6 t=1; ... 11 t=4
+    sched = RampScheduler("threshold", start=1.0, end=3.0, length=4, ramp="linear", every=2, offset=3)
+    engine = Engine(lambda e, b: None)
+    sched.attach(engine)
+    assert engine.state.threshold == 1.0
+    seen: list[float] = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.threshold))
+    engine.run(range(13), max_epochs=1)
+    assert seen == [1.0, 1.0, 1.0, 1.0, 1.0, 1.5, 1.5, 2.0, 2.0, 2.5, 2.5, 3.0, 3.0]
+
+
+def test_consistency_rampup_offset_is_zero_before_the_offset() -> None:
+    seen = _run(ConsistencyRampUp(weight=1.0, length=2, every=1, offset=2), 6)
+    assert seen == pytest.approx([0.0, 0.0, 0.006737946999085467, 0.28650479686019015, 1.0, 1.0])  # exp(-5), exp(-1.25)
+    assert seen[:2] == [0.0, 0.0]
+
+
+def test_offset_with_epoch_unit_and_after_resume() -> None:
+    seen = _run(ConsistencyRampUp(weight=1.0, length=1, unit="epoch", every=1, offset=1), 6, epoch_length=2)
+    assert seen == pytest.approx([0.0, 0.0, math.exp(-5), math.exp(-5), 1.0, 1.0])
+    handler = RampScheduler("w", 0.0, 10.0, length=10, ramp="linear", offset=5)
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+    engine.state.iteration = 8  # as restored from a checkpoint; the next iteration is 9 -> index 8 -> t = 3
+    engine.state.iteration += 1
+    handler(engine)
+    assert engine.state.w == 3.0
+
+
+def test_simulate_values_honours_offset() -> None:
+    values = RampScheduler.simulate_values(6, param_name="w", start=2.0, end=4.0, length=2, ramp="linear", offset=2)
+    assert values == [[0, 2.0], [1, 2.0], [2, 2.0], [3, 3.0], [4, 4.0], [5, 4.0]]
+
+
+def test_offset_is_state_and_validated() -> None:
+    a = RampScheduler("w", 0.0, 1.0, length=3, offset=7)
+    b = RampScheduler("w", 0.0, 1.0, length=3)
+    assert a.state_dict()["offset"] == 7
+    b.load_state_dict(a.state_dict())
+    assert b.offset == 7 and b.value_at_index(6) == 0.0 and b.value_at_index(7) == b.value_at(0)
+    with pytest.raises(ValueError, match="offset must be an integer >= 0, got -1"):
+        RampScheduler("w", 0.0, 1.0, length=3, offset=-1)
+    with pytest.raises(ValueError, match="offset must be an integer >= 0, got 1.5"):
+        ConsistencyRampUp(offset=1.5)
+
+
+def test_handlers_are_registered_as_state_providers() -> None:
+    from semiseg.keys import state_providers
+
+    assert state_providers("consistency_weight") == ("semiseg.handlers.ConsistencyRampUp",)
+    RampScheduler("test_rampup_provider", 0.0, 1.0, length=1)
+    assert state_providers("test_rampup_provider") == (
+        "semiseg.handlers.RampScheduler(param_name='test_rampup_provider', ...)",)

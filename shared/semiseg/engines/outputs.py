@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from monai.utils import CommonKeys as Keys
 
-from semiseg.keys import SSLKeys
-
 __all__ = ["loss_terms", "image_filenames"]
 
-_TERMS = (Keys.LOSS, SSLKeys.SUPERVISED_LOSS.value, SSLKeys.UNSUPERVISED_LOSS.value, SSLKeys.CONSISTENCY_WEIGHT.value)
+# batch data and predictions in engine.state.output, never logged as terms
+_NOT_TERMS = frozenset({Keys.IMAGE, Keys.LABEL, Keys.PRED})
+
+
+def _scalar(value: Any) -> float | None:
+    """``value`` as a float if it is a scalar term (1-element tensor or real number, not a bool), else None."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            return None
+        return float(value.detach().float().reshape(()))
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    return None
 
 
 def loss_terms(output: Any) -> dict[str, float]:
-    """``{"loss": ..., "sup_loss": ..., "unsup_loss": ..., "consistency_weight": ...}`` from a trainer output.
+    """Every scalar term of a trainer output: ``{"loss": ..., "sup_loss": ..., <each term the method returns>}``.
 
-    Use as a StatsHandler / TensorBoardStatsHandler ``output_transform``; terms a method does not produce are left
-    out. Accepts the decollated form (a list of per-item dicts) too.
+    Use as a StatsHandler / TensorBoardStatsHandler ``output_transform``. A term is any entry that is a 0-dim or
+    1-element tensor or a Python/NumPy real number (bools excluded), apart from ``image``, ``label`` and ``pred``;
+    so a method's new term (a second phase's discriminator loss, a ramped weight, a learned threshold) is logged
+    without a list to keep in sync, and tensors such as extra predictions are skipped. ``loss`` comes first, the
+    others in the output's order. Accepts the decollated form (a list of per-item dicts, whose scalars MONAI
+    replicates per item) too.
 
     Args:
         output: ``engine.state.output``.
@@ -31,11 +47,13 @@ def loss_terms(output: Any) -> dict[str, float]:
         output = output[0] if output else {}
     if not isinstance(output, Mapping):
         return {}
-    terms = {}
-    for key in _TERMS:
-        value = output.get(key)
+    terms: dict[str, float] = {}
+    for key in [Keys.LOSS] + [k for k in output if k != Keys.LOSS]:
+        if key in _NOT_TERMS or key not in output:
+            continue
+        value = _scalar(output[key])
         if value is not None:
-            terms[key] = float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
+            terms[str(key)] = value
     return terms
 
 

@@ -9,7 +9,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from semiseg.keys import SSLIterationEvents, SSLKeys
+from semiseg.keys import SSLIterationEvents, SSLKeys, provides_state
 
 __all__ = ["EMATeacher", "BUFFER_POLICIES"]
 
@@ -21,13 +21,15 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else module
 
 
+@provides_state(SSLKeys.TEACHER, name="semiseg.handlers.EMATeacher")
 class EMATeacher:
     """Keep a teacher network as the exponential moving average of the student's parameters.
 
     ``teacher = alpha * teacher + (1 - alpha) * student`` after every optimiser step, with
     ``alpha = min(1 - 1 / (step + 1), decay)`` and ``step`` the number of updates done before this one, so the first
     update copies the student (Tarvainen & Valpola, NeurIPS 2017, Sec. 3; SSL4MIS ``update_ema_variables``;
-    DESIGN.md §3). Ignite's ``EMAHandler`` calls ``1 - decay`` the momentum; semiseg uses ``decay`` throughout.
+    docs/architecture.md §3). Ignite's ``EMAHandler`` calls ``1 - decay`` the momentum; semiseg uses ``decay``
+    throughout.
 
     The teacher is a deep copy of the (unwrapped) student with ``requires_grad=False``, updated by one fused
     ``torch._foreach_mul_`` / ``torch._foreach_add_`` over all parameters. It is published as

@@ -17,7 +17,7 @@ __all__ = ["MeanTeacherMethod", "teacher_noise"]
 def teacher_noise(
     like: torch.Tensor, std: float = 0.1, clip: float = 0.2, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Sample the teacher's input noise ``clamp(std * N(0, 1), -clip, clip)`` (SSL4MIS; DESIGN.md §3).
+    """Sample the teacher's input noise ``clamp(std * N(0, 1), -clip, clip)`` (SSL4MIS; docs/architecture.md §3).
 
     Args:
         like: tensor whose shape, dtype and device the noise takes.
@@ -36,8 +36,8 @@ class MeanTeacherMethod(SSLMethod):
     """``L = L_sup(s(x_l), y_l) + w(t) * mean((softmax(s(x_u)) - softmax(T(x_u + n)))^2)``.
 
     Tarvainen & Valpola, "Mean teachers are better role models", NeurIPS 2017, Sec. 2-3; setup of Yu et al.,
-    UA-MT, MICCAI 2019 / SSL4MIS ``train_mean_teacher_3D.py`` (DESIGN.md §3): the student sees the labelled and
-    unlabelled images in one forward pass (shared BatchNorm statistics, as in the reference), the teacher
+    UA-MT, MICCAI 2019 / SSL4MIS ``train_mean_teacher_3D.py`` (docs/architecture.md §3): the student sees the
+    labelled and unlabelled images in one forward pass (shared BatchNorm statistics, as in the reference), the teacher
     ``T`` (``engine.state.teacher``, an :class:`~semiseg.handlers.EMATeacher`) sees the unlabelled images plus
     :func:`teacher_noise` without gradient, and ``w(t)`` is ``engine.state.consistency_weight``
     (:class:`~semiseg.handlers.ConsistencyRampUp`, ``0.1 * sigmoid_rampup(iter // 150, 40)``).
@@ -81,9 +81,7 @@ class MeanTeacherMethod(SSLMethod):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         images, labels = labelled
         assert unlabelled is not None  # checked in __call__
-        num_labelled = images.shape[0]
-        logits = engine.network(torch.cat([images, unlabelled], dim=0))
-        logits_l, logits_u = logits[:num_labelled], logits[num_labelled:]
+        logits_l, logits_u = self.student_forward(engine.network, images, unlabelled)
         supervised = self.supervised_loss(logits_l, labels)
         teacher_logits = self.teacher_forward(engine, unlabelled)
         unsupervised = self.consistency(engine, logits_u, teacher_logits, unlabelled)
