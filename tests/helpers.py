@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from monai.networks.nets import UNet
 
@@ -24,3 +26,14 @@ def labelled_items(n: int = 2, size: int = 16, num_classes: int = 3, seed: int =
 def unlabelled_items(n: int = 3, size: int = 16, seed: int = 1) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     return [{"image": torch.randn(1, size, size, size, generator=gen)} for _ in range(n)]
+
+
+def states_equal(a: Any, b: Any) -> bool:
+    """Exact equality of nested state dicts (tensors compared with ``torch.equal``)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(states_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(states_equal(x, y) for x, y in zip(a, b))
+    return a == b

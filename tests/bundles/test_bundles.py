@@ -16,20 +16,9 @@ import torch
 from monai.bundle import ConfigParser, run, verify_metadata, verify_net_in_out
 
 from semiseg.data import DataValidationError
-from tests.bundles.conftest import BUNDLES, REPO, config
-
-
-def _overrides(tiny_demo: Path, out: Path, **extra) -> dict:
-    return {
-        "dataset_dir": str(tiny_demo),
-        "output_dir": str(out / "eval"),
-        "ckpt_dir": str(out / "models"),
-        "num_labelled": 2,
-        "roi_size": [32, 32, 32],
-        "num_workers": 0,
-        "log_every": 1,
-        **extra,
-    }
+from tests.bundles.conftest import BUNDLES, REPO, config, restore_fresh
+from tests.bundles.conftest import bundle_overrides as _overrides
+from tests.helpers import states_equal
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -41,9 +30,17 @@ def test_training_evaluate_inference(bundle: str, tiny_demo: Path, tmp_path: Pat
     assert (models / "model.pt").is_file() and (models / "checkpoint.pt").is_file()
     checkpoint = torch.load(models / "checkpoint.pt", weights_only=True)
     assert checkpoint["trainer"]["iteration"] == 2  # max_epochs = 3 // 2 = 1 epoch of 2 iterations
-    expected = {"model", "optimizer", "lr_scheduler", "trainer"} | (
-        {"teacher", "rampup"} if bundle == "mean_teacher" else set())
-    assert set(checkpoint) == expected
+    expected = set(json.loads(Path(config(bundle, "train.json")).read_text())["checkpoint"]["objects"])
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= expected and set(checkpoint) == expected
+    if bundle == "mean_teacher":
+        assert {"teacher", "rampup"} <= expected
+    # every part restored exactly into fresh objects built from the config (what --resume true does)
+    restored = restore_fresh(
+        [config(bundle, "train.json")], {**common, "max_iterations": 3, "iterations_per_epoch": 2},
+        check_differs=lambda objs: not states_equal(objs["model"].state_dict(), checkpoint["model"]),
+    )
+    for key in expected:
+        assert states_equal(dict(restored[key].state_dict()), dict(checkpoint[key])), f"{key} not restored exactly"
 
     run(config_file=[config(bundle, "train.json"), config(bundle, "evaluate.json")], **common)
     with open(tmp_path / "eval" / "dice_raw.csv") as f:
