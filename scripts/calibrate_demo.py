@@ -1,8 +1,9 @@
 """Calibrate the demo data: supervised training with the labelled budget vs with all labels (and, optionally, Mean
 Teacher with the budget), over several seeds, through the bundles themselves.
 
-DESIGN.md §4 / issue 3 ask that the budget run be clearly worse than the all-labels run (>= 5 mean-Dice points),
-so that the demo leaves semi-supervision something to win. Every run is ``python -m monai.bundle run training``
+The demo must leave the budget run clearly worse than the all-labels run (>= 5 mean-Dice points,
+`docs/architecture.md` §4), so that semi-supervision has something to win.
+Every run is ``python -m monai.bundle run training``
 followed by the evaluate workflow, with the bundles' own defaults except the overrides below; two runs go side by
 side (one thread each) on a 2-core machine.
 

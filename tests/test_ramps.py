@@ -1,4 +1,4 @@
-"""Ramps against DESIGN.md §3: sigmoid_rampup(t, L) = exp(-5 (1 - clip(t, 0, L)/L)^2) (Laine & Aila 2017)."""
+"""Ramps against docs/architecture.md §3: sigmoid_rampup(t, L) = exp(-5 (1 - clip(t, 0, L)/L)^2) (Laine & Aila 2017)."""
 
 from __future__ import annotations
 

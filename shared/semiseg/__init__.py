@@ -11,6 +11,6 @@ from . import data, engines, handlers, inference, keys, losses, methods, metrics
 __version__ = "0.1.0"
 
 __all__ = [
-    "data", "engines", "handlers", "inference", "keys", "losses", "methods", "metrics", "networks", "ramps", "reporting",
-    "__version__",
+    "data", "engines", "handlers", "inference", "keys", "losses", "methods", "metrics", "networks", "ramps",
+    "reporting", "__version__",
 ]

@@ -20,7 +20,7 @@ def sigmoid_rampup(current: float, length: float) -> float:
     """Exponential ("sigmoid-shaped") ramp-up ``exp(-5 (1 - t/L)^2)``.
 
     Laine & Aila, "Temporal Ensembling for Semi-Supervised Learning", ICLR 2017, Sec. 3 (ramp-up);
-    SSL4MIS ``utils/ramps.py::sigmoid_rampup``. DESIGN.md §3.
+    SSL4MIS ``utils/ramps.py::sigmoid_rampup``. docs/architecture.md §3.
 
     Args:
         current: position on the ramp, clipped to ``[0, length]``.

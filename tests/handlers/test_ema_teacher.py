@@ -1,4 +1,4 @@
-"""EMATeacher against DESIGN.md §3: alpha = min(1 - 1/(step + 1), decay), first update copies the student."""
+"""EMATeacher against docs/architecture.md §3: alpha = min(1 - 1/(step + 1), decay), first update copies the student."""
 
 from __future__ import annotations
 

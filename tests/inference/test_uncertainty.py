@@ -1,4 +1,4 @@
-"""Sliding-window inference with uncertainty (DESIGN.md §5): probabilities, normalised entropy, segmentation."""
+"""Sliding-window inference with uncertainty (docs/architecture.md §5): probabilities, entropy, segmentation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""softmax_mse = mean((softmax(s) - softmax(t))^2) (Tarvainen & Valpola 2017; DESIGN.md §3)."""
+"""softmax_mse = mean((softmax(s) - softmax(t))^2) (Tarvainen & Valpola 2017; docs/architecture.md §3)."""
 
 from __future__ import annotations
 

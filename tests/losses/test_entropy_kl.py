@@ -1,4 +1,4 @@
-"""entropy_loss (DESIGN.md §3, normalised by log C) and gaussian_kl (BPL, Xu et al. 2022 Eq. 7)."""
+"""entropy_loss (docs/architecture.md §3, normalised by log C) and gaussian_kl (BPL, Xu et al. 2022 Eq. 7)."""
 
 from __future__ import annotations
 

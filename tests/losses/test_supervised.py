@@ -1,4 +1,4 @@
-"""ssl4mis_dice_ce equals 0.5 (CE + SSL4MIS Dice) (DESIGN.md §3; SSL4MIS utils/losses.py::DiceLoss)."""
+"""ssl4mis_dice_ce equals 0.5 (CE + SSL4MIS Dice) (docs/architecture.md §3; SSL4MIS utils/losses.py::DiceLoss)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mean Teacher method (Tarvainen & Valpola 2017; SSL4MIS 3D setup, DESIGN.md §3)."""
+"""Mean Teacher method (Tarvainen & Valpola 2017; SSL4MIS 3D setup, docs/architecture.md §3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The data layer: read data sets in the MSD, BPL and SSL4MIS-h5 layouts, check them, and load their volumes.
 
-``load_datalist`` turns a data set directory into labelled / unlabelled / test item lists (DESIGN.md section 4);
+``load_datalist`` turns a data set directory into labelled / unlabelled / test item lists (docs/architecture.md §4);
 ``validate_datalist`` checks item lists; ``LoadVolumed`` (with ``H5Reader``) loads every supported format in MONAI
 transform chains. Every data problem raises ``DataValidationError`` naming the file and what is wrong.
 """

@@ -10,7 +10,7 @@ Every case is a torso-like phantom imaged with an MR-like forward model:
 - appearance: per-tissue means with correlated multiplicative texture, a point-spread blur (partial volume), a gamma
   curve, a multiplicative smooth bias field, Rician noise and an arbitrary global scale (MR units).
 
-Following DESIGN.md section 4, the first ``num_reference`` training cases come from a narrow *reference protocol*
+Following docs/architecture.md §4, the first ``num_reference`` training cases come from a narrow *reference protocol*
 (nearly fixed contrast, gamma, bias, noise, blur, organ size and position, one lesion inside the organ), while all
 other training cases and every test case are drawn from the *full* protocol, which spans wide ranges of all of these.
 A labelled budget taken from the start of ``training`` therefore does not span the variation that the unlabelled and

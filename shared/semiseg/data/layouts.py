@@ -1,4 +1,4 @@
-"""The on-disk data set layouts semiseg reads without conversion, and their detection (DESIGN.md section 4).
+"""The on-disk data set layouts semiseg reads without conversion, and their detection (docs/architecture.md §4).
 
 - ``"msd"``: a Medical Segmentation Decathlon style ``dataset.json`` (NIfTI or NRRD volumes).
 - ``"bpl"``: the BPL folders ``labelled/{imgs,lbls}``, ``unlabelled/imgs``, ``test/{imgs,lbls}`` (NIfTI or ``.npy``).

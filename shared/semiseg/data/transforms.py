@@ -60,7 +60,7 @@ def labelled_train_transforms(
     """Labelled training chain: load, normalise, pad to ``roi_size``, foreground-balanced random crops, flips.
 
     Args:
-        roi_size: crop size (DESIGN.md §3: 112x112x80 for LA; the demo uses 48^3).
+        roi_size: crop size (docs/architecture.md §3: 112x112x80 for LA; the demo uses 48^3).
         num_samples: crops per case per draw (a DataLoader batch of ``b`` cases gives ``b * num_samples`` patches).
         pos: ``RandCropByPosNegLabeld`` foreground weight.
         neg: background weight.

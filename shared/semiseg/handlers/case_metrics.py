@@ -1,4 +1,4 @@
-"""Per-case metric JSON files from an evaluator (DESIGN.md §5: one JSON per case next to its segmentation)."""
+"""Per-case metric JSON files from an evaluator, one per case next to its segmentation (docs/architecture.md §5)."""
 
 from __future__ import annotations
 

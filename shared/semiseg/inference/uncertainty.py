@@ -18,7 +18,9 @@ __all__ = ["sliding_window_inferer", "predict_with_uncertainty", "EntropyMapd"]
 def sliding_window_inferer(
     roi_size: Sequence[int], sw_batch_size: int = 4, overlap: float = 0.25, mode: str = "gaussian", **kwargs
 ) -> SlidingWindowInferer:
-    """MONAI's ``SlidingWindowInferer`` with semiseg's defaults (gaussian blending, 25% overlap; DESIGN.md §5).
+    """MONAI's ``SlidingWindowInferer`` with semiseg's defaults (gaussian blending, 25% overlap).
+
+    See docs/architecture.md §5.
 
     Args:
         roi_size: patch size, normally the training crop.

@@ -12,7 +12,7 @@ def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, redu
 
     Tarvainen & Valpola, "Mean teachers are better role models", NeurIPS 2017, Sec. 2 (consistency cost J);
     SSL4MIS ``train_mean_teacher_3D.py``: ``torch.mean((outputs_soft[labeled_bs:] - ema_output_soft) ** 2)``
-    (mean over batch, classes and voxels). DESIGN.md §3.
+    (mean over batch, classes and voxels). docs/architecture.md §3.
 
     Gradients flow into both arguments; detach (or compute under ``torch.no_grad``) the target when it is a teacher.
 

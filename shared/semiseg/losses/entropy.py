@@ -35,7 +35,7 @@ def entropy_loss(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Entropy minimisation loss: mean over voxels of ``-sum_c p log(p + 1e-6) / log C``.
 
     Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004, Eq. 2; Vu et al.,
-    ADVENT, CVPR 2019, Eq. 1 (normalised by log C); SSL4MIS ``utils/losses.py::entropy_loss``. DESIGN.md §3.
+    ADVENT, CVPR 2019, Eq. 1 (normalised by log C); SSL4MIS ``utils/losses.py::entropy_loss``. docs/architecture.md §3.
 
     Args:
         probs: softmax probabilities ``(B, C, *spatial)``.

@@ -13,7 +13,7 @@ def gaussian_kl(
     """Element-wise ``KL(N(mu1, s1^2) || N(mu2, s2^2))`` with ``s = exp(logvar / 2)``.
 
     ``KL = log s2 - log s1 + (s1^2 + (mu1 - mu2)^2) / (2 s2^2) - 1/2`` (Xu et al., "Bayesian Pseudo Labels",
-    MICCAI 2022, Eq. 7; DESIGN.md §3). Reduction (sum over the latent, mean over the batch) is the caller's.
+    MICCAI 2022, Eq. 7; docs/architecture.md §3). Reduction (sum over the latent, mean over the batch) is the caller's.
 
     Args:
         mu1: posterior mean.

@@ -12,8 +12,8 @@ def ssl4mis_dice_ce(include_background: bool = True) -> DiceCELoss:
 
     The Dice is summed over the whole batch per class and averaged over classes (SSL4MIS ``utils/losses.py::
     DiceLoss`` with ``softmax=True``); MONAI's ``DiceLoss(squared_pred=True, batch=True, smooth_nr=smooth_dr=1e-5)``
-    matches it to 1e-6, with ``batch=False`` it does not (DESIGN.md §3). Yu et al., UA-MT, MICCAI 2019 use the
-    foreground Dice only: ``include_background=False``.
+    matches it to 1e-6, with ``batch=False`` it does not (docs/architecture.md §3). Yu et al., UA-MT, MICCAI 2019
+    use the foreground Dice only: ``include_background=False``.
 
     Args:
         include_background: include class 0 in the Dice average.

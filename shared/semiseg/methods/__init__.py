@@ -1,4 +1,4 @@
-"""Semi-supervised methods: one file per method, each owning only its loss (DESIGN.md §2)."""
+"""Semi-supervised methods: one file per method, each owning only its loss (docs/architecture.md §2)."""
 
 from __future__ import annotations
 
