@@ -150,3 +150,13 @@ def test_write_then_check_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_cli_check_reports_in_sync(capsys: pytest.CaptureFixture) -> None:
     assert main(["--check"]) == 0
     assert "in sync" in capsys.readouterr().out
+
+
+def test_template_and_overlays_are_formatted_like_the_generated_files() -> None:
+    files = [*(REPO / "templates" / "bundle" / "configs").glob("*.json"), *(d / "overlay.json" for d in bundle_dirs())]
+    for path in files:
+        text = path.read_text()
+        if path.name == "overlay.json":  # hand-written: 4-space indent, one key per line, valid JSON
+            assert text.endswith("}\n") and "\t" not in text and json.loads(text), path
+        else:
+            assert text == dumps(json.loads(text)), f"{path} is not formatted by semiseg.bundle_config.dumps"
