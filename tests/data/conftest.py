@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ def msd_dataset(tmp_path: Path) -> Callable[..., Path]:
             for entry in spec.get(key, []):
                 entries = entry.items() if isinstance(entry, dict) else [("image", entry)]
                 for role, rel in entries:
-                    data = _label(len(rel)) if role == "label" else _image(len(rel))
+                    seed = zlib.crc32(rel.encode())  # a distinct image per path: the lists must not share content
+                    data = _label(seed) if role == "label" else _image(seed)
                     _write(root / rel, data)
         root.mkdir(parents=True, exist_ok=True)
         (root / "dataset.json").write_text(json.dumps(spec, indent=2))

@@ -1,4 +1,5 @@
-""":func:`load_datalist`: a data set directory in, the labelled / unlabelled / test item lists out, checked."""
+""":func:`load_datalist`: a data set directory in, the labelled / unlabelled / validation / test item lists out,
+disjoint and checked."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections.abc import Sequence
 
 from .errors import DataValidationError
 from .layouts import LabelledCase, LayoutCases, read_layout
+from .splits import find_shared_files
 from .validation import collect_problems
 
-__all__ = ["load_datalist", "select_labelled"]
+__all__ = ["load_datalist", "select_labelled", "select_validation"]
 
 
 def load_datalist(
@@ -20,54 +22,116 @@ def load_datalist(
     num_classes: int | None = None,
     validate: bool = True,
     require_unlabelled: bool = False,
+    num_val: int = 0,
+    in_channels: int | None = None,
 ) -> dict[str, list[dict[str, str]]]:
-    """Read a data set in any supported layout and split it into labelled, unlabelled and test items.
+    """Read a data set in any supported layout and split it into labelled, unlabelled, validation and test items.
 
     The labelled/unlabelled split is a config value: the first ``num_labelled`` labelled cases in the layout's order
     (``dataset.json`` order for ``"msd"``, natural file-name order for ``"bpl"``, ``train.list`` order for
-    ``"la_h5"``, as SSL4MIS ``labelnum``), or the cases named in ``labelled_ids``. The labelled cases not selected
-    join the unlabelled set (their labels dropped), ahead of the layout's own unlabelled images.
+    ``"la_h5"``, as SSL4MIS ``labelnum``), or the cases named in ``labelled_ids``. The validation cases (what
+    training watches and model selection may use) are the last ``num_val`` labelled cases not selected as labelled,
+    so they stay the same when the labelled budget changes. The other labelled cases join the unlabelled set (their
+    labels dropped), ahead of the layout's own unlabelled images. The test cases are the layout's held-out cases;
+    only evaluation should read them.
+
+    The four lists must be disjoint: a file (or, with ``validate``, an image's content) in two of them is an error
+    (:mod:`semiseg.data.splits`).
 
     Args:
         dataset_dir: the data set directory.
         layout: ``"auto"`` (``dataset.json`` -> ``"msd"``, ``labelled/`` -> ``"bpl"``, ``train.list`` ->
             ``"la_h5"``), or one of these names.
-        num_labelled: how many labelled cases to keep labelled; ``None`` keeps all (unless ``labelled_ids``).
+        num_labelled: how many labelled cases to keep labelled; ``None`` keeps all but the ``num_val`` validation
+            cases (unless ``labelled_ids``).
         labelled_ids: the cases to keep labelled, by image file name (with or without suffix) or list id.
         num_classes: classes including background, to check label values against; ``None`` skips the upper bound.
-        validate: check every file (:func:`~semiseg.data.validation.validate_datalist` on labelled and test items, a
-            header check on unlabelled images) before returning.
+        validate: check every file (:func:`~semiseg.data.validation.validate_datalist`, reading each file whole) and
+            compare image contents across the lists before returning.
         require_unlabelled: fail if the unlabelled set is empty (for semi-supervised methods).
+        num_val: how many labelled cases to hold out for validation; 0 for none (an empty ``"validation"`` list).
+        in_channels: the channels the network takes, checked against every image; ``None`` skips the check.
 
     Returns:
-        ``{"labelled": [{"image", "label"}, ...], "unlabelled": [{"image"}, ...], "test": [{"image", "label"}, ...]}``
-        with absolute paths (``"file.h5::image"`` for HDF5), in a deterministic order.
+        ``{"labelled": [{"image", "label"}, ...], "unlabelled": [{"image"}, ...], "validation": [{"image", "label"},
+        ...], "test": [{"image", "label"}, ...]}`` with absolute paths (``"file.h5::image"`` for HDF5), in a
+        deterministic order.
 
     Raises:
         DataValidationError: for an unreadable or unknown layout, an impossible split, an empty unlabelled set when
-            it is required, or (with ``validate``) any problem with the files, all of them listed.
+            it is required, lists that share a file, or (with ``validate``) any problem with the files or image
+            contents shared between lists, all of them listed.
     """
     cases = read_layout(os.fspath(dataset_dir), layout)
+    num_val = _count("num_val", num_val)
+    if num_labelled is None and labelled_ids is None and num_val:
+        num_labelled = max(1, len(cases.labelled) - num_val)  # "all" labelled cases, minus the validation ones
     chosen, rest = select_labelled(cases, num_labelled=num_labelled, labelled_ids=labelled_ids)
+    validation, rest = select_validation(cases, chosen, rest, num_val)
     datalist = {
         "labelled": [{"image": case.image, "label": case.label} for case in chosen],
         "unlabelled": [{"image": case.image} for case in rest] + [dict(item) for item in cases.unlabelled],
+        "validation": [{"image": case.image, "label": case.label} for case in validation],
         "test": [dict(item) for item in cases.test],
     }
     if require_unlabelled and not datalist["unlabelled"]:
         raise DataValidationError(
             f"the method needs unlabelled data, but data set {cases.dataset_dir} (layout '{cases.layout}') has none: "
-            f"looked in {cases.unlabelled_sources}"
+            f"looked in {cases.unlabelled_sources} (after taking {len(chosen)} labelled and {num_val} validation "
+            "cases: lower num_labelled or num_val, or add unlabelled images)"
         )
+    problems = find_shared_files(datalist, compare_contents=validate)
     if validate:
-        problems = [
-            *collect_problems(datalist["labelled"], num_classes=num_classes, require_label=True),
-            *collect_problems(datalist["test"], num_classes=num_classes, require_label=True),
-            *collect_problems(datalist["unlabelled"], require_label=False),
-        ]
-        if problems:
-            raise DataValidationError(problems)
+        for name in ("labelled", "validation", "test", "unlabelled"):
+            problems += collect_problems(
+                datalist[name],
+                num_classes=num_classes if name != "unlabelled" else None,
+                require_label=name != "unlabelled",
+                in_channels=in_channels,
+            )
+    if problems:
+        raise DataValidationError(problems)
     return datalist
+
+
+def select_validation(
+    cases: LayoutCases, chosen: Sequence[LabelledCase], rest: Sequence[LabelledCase], num_val: int
+) -> tuple[list[LabelledCase], list[LabelledCase]]:
+    """Take the validation cases from the labelled cases not selected as labelled: the last ``num_val`` of them.
+
+    Taking them from the end keeps the validation set the same whatever the labelled budget (``num_labelled`` 2, 4
+    or 8 of the same list), so runs with different budgets are selected on the same cases.
+
+    Args:
+        cases: what the layout reader found (for the error message).
+        chosen: the cases kept labelled.
+        rest: the other labelled cases, in the layout's order.
+        num_val: how many validation cases (``>= 0``).
+
+    Returns:
+        ``(validation, rest)``, both in the layout's order.
+
+    Raises:
+        DataValidationError: if fewer than ``num_val`` cases are left, naming both numbers and the data set.
+    """
+    num_val = _count("num_val", num_val)
+    if num_val > len(rest):
+        where = f"data set {cases.dataset_dir} (layout '{cases.layout}')"
+        raise DataValidationError(
+            f"num_labelled={len(chosen)} labelled plus num_val={num_val} validation cases need "
+            f"{len(chosen) + num_val} labelled cases, but {where} has only {len(cases.labelled)}: lower num_labelled "
+            "or num_val (num_val=0 trains without validation)"
+        )
+    cut = len(rest) - num_val
+    return list(rest[cut:]), list(rest[:cut])
+
+
+def _count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataValidationError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise DataValidationError(f"{name} must be at least 0, got {value}")
+    return value
 
 
 def select_labelled(

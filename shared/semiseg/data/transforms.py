@@ -78,7 +78,7 @@ def labelled_train_transforms(
                 keys=keys, label_key="label", spatial_size=roi_size, pos=pos, neg=neg, num_samples=num_samples
             ),
             *_flips(keys, flip_prob),
-            EnsureTyped(keys=keys, track_meta=False),
+            EnsureTyped(keys=keys, track_meta=True),  # file names stay for error messages; the trainer strips meta
         ]
     )
 
@@ -101,7 +101,7 @@ def unlabelled_train_transforms(roi_size: Sequence[int], num_samples: int = 2, f
             SpatialPadd(keys=keys, spatial_size=roi_size),
             RandSpatialCropSamplesd(keys=keys, roi_size=roi_size, num_samples=num_samples, random_size=False),
             *_flips(keys, flip_prob),
-            EnsureTyped(keys=keys, track_meta=False),
+            EnsureTyped(keys=keys, track_meta=True),  # file names stay for error messages; the trainer strips meta
         ]
     )
 

@@ -1,9 +1,14 @@
-"""Format-agnostic access to one volume file for validation: its shape from the header, or its voxels.
+"""Format-agnostic access to one volume file for validation: its header (shape, affine), or all of it.
 
 Supported: NIfTI (``.nii``, ``.nii.gz``; nibabel), NRRD (``.nrrd``, ``.nhdr``; itk), numpy (``.npy``) and HDF5
 datasets (``"file.h5::dataset"``; h5py). Shapes are reported in the axis order MONAI's readers return
-(``(H, W, D)``, channels last), so they compare directly between images and labels of any format. Every failure is a
+(``(H, W, D)``, channels last), so they compare directly between images and labels of any format; affines are in
+RAS world coordinates (millimetres), as MONAI's readers return them. Every failure is a
 :class:`~semiseg.data.errors.DataValidationError` that names the file and the reason.
+
+A full read (:func:`read_volume`) of a ``.nii.gz`` decompresses the whole gzip stream and checks its CRC-32 and
+length trailer: nibabel stops reading at the last voxel, so a stream damaged in the middle would otherwise load as
+silently wrong voxels.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -23,7 +29,17 @@ from .readers import H5_SEPARATOR, is_h5_path, split_h5_path
 if TYPE_CHECKING:
     import h5py
 
-__all__ = ["VolumeFormat", "VOLUME_SUFFIXES", "volume_format", "volume_file", "read_shape", "read_voxels"]
+__all__ = [
+    "VolumeFormat",
+    "VolumeHeader",
+    "VOLUME_SUFFIXES",
+    "volume_format",
+    "volume_file",
+    "read_header",
+    "read_shape",
+    "read_volume",
+    "read_voxels",
+]
 
 VolumeFormat = Literal["nifti", "nrrd", "npy", "h5"]
 
@@ -37,6 +53,20 @@ VOLUME_SUFFIXES: dict[str, VolumeFormat] = {
 """File suffixes (lower case) of the single-volume formats; HDF5 files are addressed as ``file.h5::dataset``."""
 
 _GZIP_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """What a volume's header says about it.
+
+    Attributes:
+        shape: as MONAI's reader loads it: spatial axes first, channels (if any) last.
+        affine: the 4x4 voxel-to-world (RAS, mm) matrix, or ``None`` for formats that store no geometry (``.npy``,
+            HDF5: MONAI gives them an identity affine).
+    """
+
+    shape: tuple[int, ...]
+    affine: np.ndarray | None
 
 
 def volume_format(path: str, role: str = "image") -> VolumeFormat:
@@ -71,11 +101,41 @@ def volume_file(path: str) -> str:
     return split_h5_path(path)[0] if is_h5_path(path) else path
 
 
-def read_shape(path: str, role: str = "image") -> tuple[int, ...]:
-    """Read a volume's shape from its header, without loading the voxels.
+def read_header(path: str, role: str = "image") -> VolumeHeader:
+    """Read a volume's shape and affine from its header, without loading the voxels.
 
     NIfTI files are also checked for truncation (file size, or the gzip trailer's length field, against the size the
     header promises), since nibabel reads headers lazily.
+
+    Args:
+        path: a volume path (``"file.h5::dataset"`` for HDF5).
+        role: ``"image"`` or ``"label"``, for the error message.
+
+    Returns:
+        The shape and affine.
+
+    Raises:
+        DataValidationError: if the file does not exist, cannot be read, or is truncated.
+    """
+    fmt = volume_format(path, role)
+    _require_exists(path, role)
+    try:
+        if fmt == "nifti":
+            return _nifti_header(path, role)
+        if fmt == "nrrd":
+            return _itk_header(path, role)
+        if fmt == "npy":
+            return VolumeHeader(tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape), None)
+        with _h5_dataset(path, role) as dataset:
+            return VolumeHeader(tuple(int(s) for s in dataset.shape), None)
+    except DataValidationError:
+        raise
+    except Exception as err:  # any library error reading the file becomes one message naming it
+        raise DataValidationError(f"cannot read {role} {path}: {_reason(err)}") from err
+
+
+def read_shape(path: str, role: str = "image") -> tuple[int, ...]:
+    """A volume's shape from its header (:func:`read_header`), without loading the voxels.
 
     Args:
         path: a volume path (``"file.h5::dataset"`` for HDF5).
@@ -87,17 +147,41 @@ def read_shape(path: str, role: str = "image") -> tuple[int, ...]:
     Raises:
         DataValidationError: if the file does not exist, cannot be read, or is truncated.
     """
+    return read_header(path, role).shape
+
+
+def read_volume(path: str, role: str = "image") -> tuple[VolumeHeader, np.ndarray]:
+    """Read a whole volume file: its header and its voxels, in the axis order MONAI's reader returns.
+
+    A ``.nii.gz`` is decompressed completely, once, and its gzip CRC-32 and length are checked (module note).
+
+    Args:
+        path: a volume path (``"file.h5::dataset"`` for HDF5).
+        role: ``"image"`` or ``"label"``, for the error message.
+
+    Returns:
+        ``(header, voxels)``.
+
+    Raises:
+        DataValidationError: if the file does not exist, is truncated or corrupt, or cannot be read completely.
+    """
     fmt = volume_format(path, role)
     _require_exists(path, role)
     try:
         if fmt == "nifti":
-            return _nifti_shape(path, role)
+            return _nifti_volume(path, role)
         if fmt == "nrrd":
-            return _itk_shape(path, role)
+            from monai.data import ITKReader
+
+            header = _itk_header(path, role)
+            reader = ITKReader()
+            return header, np.asarray(reader.get_data(reader.read(path))[0])
         if fmt == "npy":
-            return tuple(int(s) for s in np.load(path, mmap_mode="r", allow_pickle=False).shape)
+            voxels = np.load(path, allow_pickle=False)
+            return VolumeHeader(tuple(int(s) for s in voxels.shape), None), voxels
         with _h5_dataset(path, role) as dataset:
-            return tuple(int(s) for s in dataset.shape)
+            voxels = np.asarray(dataset[()])
+        return VolumeHeader(tuple(int(s) for s in voxels.shape), None), voxels
     except DataValidationError:
         raise
     except Exception as err:  # any library error reading the file becomes one message naming it
@@ -105,7 +189,7 @@ def read_shape(path: str, role: str = "image") -> tuple[int, ...]:
 
 
 def read_voxels(path: str, role: str = "label") -> np.ndarray:
-    """Load a volume's voxels, in the axis order MONAI's reader returns.
+    """Load a volume's voxels (:func:`read_volume`), in the axis order MONAI's reader returns.
 
     Args:
         path: a volume path (``"file.h5::dataset"`` for HDF5).
@@ -117,26 +201,7 @@ def read_voxels(path: str, role: str = "label") -> np.ndarray:
     Raises:
         DataValidationError: if the file does not exist or cannot be read completely.
     """
-    fmt = volume_format(path, role)
-    _require_exists(path, role)
-    try:
-        if fmt == "nifti":
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(path).dataobj)
-        if fmt == "nrrd":
-            from monai.data import ITKReader
-
-            reader = ITKReader()
-            return np.asarray(reader.get_data(reader.read(path))[0])
-        if fmt == "npy":
-            return np.load(path, allow_pickle=False)
-        with _h5_dataset(path, role) as dataset:
-            return np.asarray(dataset[()])
-    except DataValidationError:
-        raise
-    except Exception as err:  # any library error reading the file becomes one message naming it
-        raise DataValidationError(f"cannot read {role} {path}: {_reason(err)}") from err
+    return read_volume(path, role)[1]
 
 
 def _require_exists(path: str, role: str) -> None:
@@ -152,20 +217,70 @@ def _reason(err: BaseException) -> str:
     return f"{text} ({type(err).__name__})"
 
 
-def _nifti_shape(path: str, role: str) -> tuple[int, ...]:
+def _nifti_header(path: str, role: str) -> VolumeHeader:
     import nibabel as nib
 
     img = nib.load(path)
     shape = tuple(int(s) for s in img.shape)
-    offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))  # the header copy may say 0
-    expected = offset + int(np.prod(shape)) * img.header.get_data_dtype().itemsize
+    expected = _nifti_size(img)
     if path.lower().endswith(".gz"):
         _check_gzip_length(path, role, expected)
     elif os.path.getsize(path) < expected:
-        size = os.path.getsize(path)
-        message = f"cannot read {role} {path}: the file is truncated ({size} bytes, its header needs {expected})"
-        raise DataValidationError(message)
-    return shape
+        _raise_truncated(path, role, os.path.getsize(path), expected)
+    return VolumeHeader(shape, np.asarray(img.affine, dtype=np.float64))
+
+
+def _nifti_size(img: Any) -> int:
+    """The bytes a NIfTI file needs: the voxel offset plus the voxel data its header promises."""
+    offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))  # the header copy may say 0
+    return offset + int(np.prod(img.shape)) * img.header.get_data_dtype().itemsize
+
+
+def _raise_truncated(path: str, role: str, size: int, expected: int, unpacked: bool = False) -> None:
+    what = "bytes unpacked" if unpacked else "bytes"
+    raise DataValidationError(
+        f"cannot read {role} {path}: the file is truncated ({size} {what}, its header needs {expected}); "
+        "copy or export it again"
+    )
+
+
+def _nifti_volume(path: str, role: str) -> tuple[VolumeHeader, np.ndarray]:
+    """Read a NIfTI file in one pass: a ``.gz`` stream decompressed whole with its CRC checked, then parsed."""
+    import nibabel as nib
+
+    if path.lower().endswith(".gz"):
+        data = _gunzip_checked(path, role)
+    else:
+        with open(path, "rb") as f:
+            data = f.read()
+    # NIfTI-2 headers are 540 bytes, NIfTI-1 348; the size is the first int32, in the file's byte order
+    nifti2 = 540 in (int.from_bytes(data[:4], "little"), int.from_bytes(data[:4], "big"))
+    img = (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(data)
+    expected = _nifti_size(img)
+    if len(data) < expected:
+        _raise_truncated(path, role, len(data), expected, unpacked=path.lower().endswith(".gz"))
+    header = VolumeHeader(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64))
+    return header, np.asanyarray(img.dataobj)
+
+
+def _gunzip_checked(path: str, role: str) -> bytes:
+    """Decompress a whole gzip file, checking every member's CRC-32 and length; name the file if it is damaged."""
+    with open(path, "rb") as f:
+        compressed = f.read()
+    try:
+        return gzip.decompress(compressed)
+    except EOFError as err:
+        message = (
+            f"cannot read {role} {path}: the file is truncated (its gzip stream ends early: {_reason(err)}); "
+            "copy or export it again"
+        )
+        raise DataValidationError(message) from err
+    except (OSError, zlib.error) as err:
+        message = (
+            f"cannot read {role} {path}: the file is corrupt (its gzip stream does not decompress to the data it "
+            f"was written with: {_reason(err)}); copy or export it again"
+        )
+        raise DataValidationError(message) from err
 
 
 def _check_gzip_length(path: str, role: str, expected: int) -> None:
@@ -184,22 +299,30 @@ def _check_gzip_length(path: str, role: str, expected: int) -> None:
         message = f"cannot read {role} {path}: the file is truncated or corrupt ({_reason(err)})"
         raise DataValidationError(message) from err
     if total < expected:
-        message = f"cannot read {role} {path}: the file is truncated ({total} bytes unpacked, header needs {expected})"
-        raise DataValidationError(message)
+        _raise_truncated(path, role, total, expected, unpacked=True)
 
 
-def _itk_shape(path: str, role: str) -> tuple[int, ...]:
+def _itk_header(path: str, role: str) -> VolumeHeader:
     import itk
+    from monai.data.utils import orientation_ras_lps
 
     image_io = itk.ImageIOFactory.CreateImageIO(path, itk.CommonEnums.IOFileMode_ReadMode)
     if image_io is None:
         raise DataValidationError(f"cannot read {role} {path}: no ITK image IO recognises the file")
     image_io.SetFileName(path)
     image_io.ReadImageInformation()
-    shape = [int(image_io.GetDimensions(i)) for i in range(image_io.GetNumberOfDimensions())]
+    ndim = int(image_io.GetNumberOfDimensions())
+    shape = [int(image_io.GetDimensions(i)) for i in range(ndim)]
     if image_io.GetNumberOfComponents() > 1:
         shape.append(int(image_io.GetNumberOfComponents()))
-    return tuple(shape)
+    # the same construction as monai.data.ITKReader._get_affine: direction x spacing, origin, LPS -> RAS
+    sr = min(max(ndim, 1), 3)
+    direction = np.array([[float(image_io.GetDirection(j)[i]) for j in range(ndim)] for i in range(ndim)])
+    spacing = np.array([float(image_io.GetSpacing(i)) for i in range(ndim)])
+    affine = np.eye(sr + 1)
+    affine[:sr, :sr] = direction[:sr, :sr] @ np.diag(spacing[:sr])
+    affine[:sr, -1] = [float(image_io.GetOrigin(i)) for i in range(sr)]
+    return VolumeHeader(tuple(shape), np.asarray(orientation_ras_lps(affine), dtype=np.float64))
 
 
 @contextmanager
