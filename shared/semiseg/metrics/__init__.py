@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+from .distance import (
+    MillimetreHausdorffDistanceMetric,
+    MillimetreSurfaceDistanceMetric,
+    MissedStructureMetric,
+    batch_spacing_mm,
+    miss_penalty_mm,
+    spacing_is_physical,
+    structure_misses,
+    voxel_spacing_mm,
+)
 from .layer_agreement import aula, layer_agreement
 
-__all__ = ["aula", "layer_agreement"]
+__all__ = [
+    "MillimetreHausdorffDistanceMetric",
+    "MillimetreSurfaceDistanceMetric",
+    "MissedStructureMetric",
+    "aula",
+    "batch_spacing_mm",
+    "layer_agreement",
+    "miss_penalty_mm",
+    "spacing_is_physical",
+    "structure_misses",
+    "voxel_spacing_mm",
+]
