@@ -35,8 +35,9 @@ def one_run(bundle: str, num_labelled: int, seed: int, args: argparse.Namespace)
     out = args.out / f"{bundle}_k{num_labelled}_seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     common = {"dataset_dir": args.data, "output_dir": out, "ckpt_dir": out / "models", "seed": seed,
-              "num_labelled": num_labelled, "num_workers": 0}
-    train = {**common, "max_iterations": args.iterations, "val_interval": 10**6, "log_every": 500}
+              "num_labelled": num_labelled, "num_val": 0, "num_workers": 0}  # no validation: k may be every case
+    train = {**common, "max_iterations": args.iterations, "val_interval": 10**6, "log_every": 500,
+             "overwrite": True}  # a rerun replaces its own models/model.pt
     start = time.time()
     run_bundle(bundle, "training", overrides=train, log_file=out / "train.log")
     run_bundle(bundle, None, ["train.json", "evaluate.json"], common, log_file=out / "evaluate.log")

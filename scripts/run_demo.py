@@ -45,7 +45,8 @@ def main() -> None:
         common = {"dataset_dir": args.data, "output_dir": out, "ckpt_dir": out / "models", "seed": args.seed,
                   "num_labelled": args.num_labelled}
         train = {**common, "max_iterations": args.iterations, "iterations_per_epoch": 100,
-                 "val_interval": max(1, args.iterations // 100 // 3), "log_every": 100}
+                 "val_interval": max(1, args.iterations // 100 // 3), "log_every": 100,
+                 "overwrite": True}  # a demo rerun replaces its own models/model.pt
         command = " ".join(bundle_command(method, "training", overrides=train)[1:])
         print(f"\n=== {method}: training, {args.iterations} iterations\n{command}", flush=True)
         timings[f"{method}_train_s"] = run_bundle(method, "training", overrides=train)
@@ -72,6 +73,8 @@ def main() -> None:
         "classes": list(CLASSES),
         "metrics": {m: r["mean"] for m, r in results.items()},
         "cases": {m: r["cases"] for m, r in results.items()},
+        "misses": {m: r["misses"] for m, r in results.items()},
+        "units": {m: r["units"] for m, r in results.items()},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "total_s": round(time.time() - start, 1),
         "table": table,

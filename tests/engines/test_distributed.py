@@ -31,7 +31,7 @@ def _loaders() -> tuple[DataLoader, DataLoader]:
 
 def _mean_teacher(rank: int, out: Path) -> None:
     from semiseg.engines import SemiSupervisedTrainer
-    from semiseg.handlers import ConsistencyRampUp, EMATeacher
+    from semiseg.handlers import AtomicCheckpointSaver, ConsistencyRampUp, EMATeacher
     from semiseg.methods import MeanTeacherMethod
     from tests.helpers import tiny_unet
 
@@ -44,6 +44,14 @@ def _mean_teacher(rank: int, out: Path) -> None:
         network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), method=MeanTeacherMethod(),
         train_handlers=[ema, ConsistencyRampUp(every=1, length=2)],
     )
+    for saver in (  # each rank gets its own folder: only rank 0's may hold files
+        AtomicCheckpointSaver(save_dir=str(out / f"models_rank{rank}"), save_dict={"model": net}, save_final=True,
+                              final_filename="model.pt"),
+        AtomicCheckpointSaver(save_dir=str(out / f"models_rank{rank}"), save_dict={"model": net, "trainer": trainer},
+                              save_final=True, final_filename="checkpoint.pt", save_interval=1,
+                              interval_filename="checkpoint.pt", n_saved=1, save_on_error=True),
+    ):
+        saver.attach(trainer)
     trainer.run()
     torch.save({"teacher": ema.teacher.state_dict(), "iteration": trainer.state.iteration,
                 "unlabelled_epochs": trainer.unlabelled.epoch}, out / f"rank{rank}.pt")
@@ -93,6 +101,8 @@ def test_two_process_ddp_mean_teacher(ddp_results: Path) -> None:
     r0, r1 = (torch.load(ddp_results / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["iteration"] == r1["iteration"] == 4
     assert r0["unlabelled_epochs"] == 1  # 2 unlabelled items per rank, 4 iterations -> cycled twice (epoch 0, 1)
+    assert sorted(p.name for p in (ddp_results / "models_rank0").iterdir()) == ["checkpoint.pt", "model.pt"]
+    assert not (ddp_results / "models_rank1").exists() or not any((ddp_results / "models_rank1").iterdir())
     for key, value in r0["teacher"].items():
         if value.is_floating_point() and "running" not in key:
             assert torch.allclose(value, r1["teacher"][key]), f"teachers diverged across ranks at {key}"

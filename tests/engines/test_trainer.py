@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from ignite.engine import Events
 from ignite.handlers import Checkpoint
+from monai.data import list_data_collate
 from monai.handlers import CheckpointLoader
 from torch.utils.data import DataLoader
 
 from semiseg.engines import SemiSupervisedTrainer, loss_terms
+from semiseg.engines.trainer import epoch_length_for
 from semiseg.handlers import AtomicCheckpointSaver, ConsistencyRampUp, EMATeacher
 from semiseg.methods import MeanTeacherMethod, SupervisedMethod
-from tests.helpers import labelled_items, tiny_unet
+from tests.helpers import labelled_items, tiny_unet, unlabelled_items
 
 
 def _mean_teacher_run(loaders, max_epochs: int = 2, epoch_length: int = 3, handlers: list | None = None):
@@ -67,7 +71,7 @@ def test_resume_restores_student_teacher_optimizer_ramp_and_iteration(loaders, t
     trainer.run()
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert set(saved) == {"model", "teacher", "optimizer", "lr_scheduler", "rampup", "trainer"}
-    assert not list(tmp_path.glob("tmp*")), "atomic write left a temp file"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "atomic write left a temp file"
 
     resumed, fresh = _mean_teacher_run(loaders, max_epochs=3, epoch_length=2)
     with torch.no_grad():
@@ -159,3 +163,170 @@ def test_nan_policy_skip(loaders) -> None:
     with pytest.raises(ValueError, match="nan_policy"):
         SemiSupervisedTrainer("cpu", 1, loaders[0], net, torch.optim.SGD(net.parameters(), lr=0.01),
                               SupervisedMethod(), nan_policy="ignore")
+
+
+# the finite check covers the gradients ------------------------------------------------------------------------------
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward, non-finite backward: a finite loss whose gradients overflow."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.inf
+
+
+class _InfGradMethod(SupervisedMethod):
+    requires_unlabelled = True  # draws an unlabelled batch, so the error can name its files
+
+    def compute(self, engine, labelled, unlabelled):
+        loss, out = super().compute(engine, labelled, unlabelled)
+        return _InfGrad.apply(loss), out
+
+
+def _named_items(items: list[dict], prefix: str) -> list[dict]:
+    from monai.data import MetaTensor
+
+    return [{**item, "image": MetaTensor(item["image"], meta={"filename_or_obj": f"/data/{prefix}_{i}.nii.gz"})}
+            for i, item in enumerate(items)]
+
+
+def test_non_finite_gradients_of_a_finite_loss_stop_before_the_step_and_name_both_batches() -> None:
+    net = tiny_unet()
+    before = [p.clone() for p in net.parameters()]
+    labelled = DataLoader(_named_items(labelled_items(n=2), "lab"), batch_size=2, collate_fn=list_data_collate)
+    unlabelled = DataLoader(_named_items(unlabelled_items(n=1), "unlab"), batch_size=1, collate_fn=list_data_collate)
+    trainer = SemiSupervisedTrainer("cpu", 1, labelled, net, torch.optim.SGD(net.parameters(), lr=0.01),
+                                    _InfGradMethod(), unlabelled_data_loader=unlabelled)
+    with pytest.raises(FloatingPointError) as info:
+        trainer.run()
+    message = str(info.value)
+    assert "is finite but its gradients are not at iteration 1" in message
+    assert "network.model.0.conv.weight" in message
+    assert "labelled batch ['/data/lab_0.nii.gz', '/data/lab_1.nii.gz']" in message
+    assert "unlabelled batch ['/data/unlab_0.nii.gz']" in message
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_nan_policy_skip_also_skips_non_finite_gradients(loaders) -> None:
+    net = tiny_unet()
+    before = [p.clone() for p in net.parameters()]
+    trainer = SemiSupervisedTrainer("cpu", 1, loaders[0], net, torch.optim.SGD(net.parameters(), lr=0.01),
+                                    _InfGradMethod(), unlabelled_data_loader=loaders[1], epoch_length=2,
+                                    nan_policy="skip")
+    trainer.run()
+    assert trainer.state.iteration == 2 and all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_metatensor_batches_reach_the_method_as_plain_tensors() -> None:
+    seen: list[type] = []
+
+    class Spy(SupervisedMethod):
+        def compute(self, engine, labelled, unlabelled):
+            seen.extend(type(t) for t in labelled)
+            return super().compute(engine, labelled, unlabelled)
+
+    net = tiny_unet()
+    items = _named_items(labelled_items(n=2), "lab")
+    trainer = SemiSupervisedTrainer("cpu", 1, DataLoader(items, batch_size=2, collate_fn=list_data_collate), net,
+                                    torch.optim.SGD(net.parameters(), lr=0.01), Spy())
+    trainer.run()
+    assert seen == [torch.Tensor, torch.Tensor]
+
+
+# budget, data cycles, resume ---------------------------------------------------------------------------------------
+
+
+def test_epoch_length_for_runs_the_budget_exactly() -> None:
+    assert [epoch_length_for(150, 100), epoch_length_for(6000, 100), epoch_length_for(3, 2), epoch_length_for(40, 100)
+            ] == [75, 100, 1, 40]
+    for total, per_epoch in [(150, 100), (6000, 100), (3, 2), (12, 5), (97, 10)]:
+        length = epoch_length_for(total, per_epoch)
+        assert (total // length) * length == total and length <= per_epoch
+    with pytest.warns(UserWarning, match=r"max_iterations 6007 has no divisor between 50 and 100 .* 6000 or 6100"):
+        assert epoch_length_for(6007, 100) == 1
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="bundle setting 'max_iterations' must be an integer >= 1"):
+            epoch_length_for(bad, 100)
+    with pytest.raises(ValueError, match="'iterations_per_epoch'"):
+        epoch_length_for(100, 0)
+
+
+def test_labelled_loader_cycles_independently_of_epochs_and_budget_is_epochs_times_length(loaders) -> None:
+    net = tiny_unet()
+    trainer = SemiSupervisedTrainer("cpu", 2, loaders[0], net, torch.optim.SGD(net.parameters(), lr=0.01),
+                                    SupervisedMethod(), epoch_length=3)  # the labelled loader has 1 batch
+    assert trainer.budget == 6
+    trainer.run()
+    assert trainer.state.iteration == 6 and trainer.labelled.state_dict()["epoch"] == 5
+
+
+def test_last_good_iteration_is_none_only_while_an_update_is_applied(loaders) -> None:
+    net = tiny_unet()
+    trainer = SemiSupervisedTrainer("cpu", 1, loaders[0], net, torch.optim.SGD(net.parameters(), lr=0.01),
+                                    SupervisedMethod(), epoch_length=2)
+    seen: list[tuple[str, int | None]] = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(("started", e.last_good_iteration)))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(("completed", e.last_good_iteration)))
+    assert trainer.last_good_iteration is None
+    trainer.run()
+    assert seen == [("started", 0), ("completed", None), ("started", 1), ("completed", None)]
+    assert trainer.last_good_iteration == 2 and trainer.start_iteration == 0
+
+
+def test_data_cycle_replays_a_shuffled_pass_and_the_transforms_draws_exactly() -> None:
+    from monai.data import DataLoader as MonaiLoader
+    from monai.data import Dataset
+    from monai.transforms import RandSpatialCropSamplesd
+    from monai.utils import set_determinism
+
+    from semiseg.engines import UnlabelledCycle
+    from semiseg.handlers.random_state import get_random_state, set_random_state
+
+    def build() -> MonaiLoader:
+        set_determinism(seed=0)
+        data = [{"image": torch.full((1, 6, 6, 6), float(i))} for i in range(7)]
+        crop = RandSpatialCropSamplesd(keys="image", roi_size=(2, 2, 2), num_samples=1, random_size=False)
+        return MonaiLoader(Dataset(data, transform=crop), batch_size=2, shuffle=True, num_workers=0)
+
+    def draw(cycle, n):
+        return [next(cycle)["image"] for _ in range(n)]
+
+    loader = build()
+    cycle = UnlabelledCycle(loader)
+    draw(cycle, 6)  # pass 0 (4 batches) and 2 batches of pass 1
+    state, rng = cycle.state_dict(), get_random_state(loader)
+    torch.rand(3)
+    later = draw(cycle, 4)
+
+    loader = build()
+    resumed = UnlabelledCycle(loader)
+    resumed.load_state_dict(state)
+    set_random_state(rng, loader)
+    torch.manual_seed(123)  # the global generator when the replay happens does not matter and is left as it is
+    expected_after = torch.get_rng_state()
+    replayed = draw(resumed, 2)
+    assert all(torch.equal(a, b) for a, b in zip(replayed, later[:2]))  # same cases, same crops
+    assert resumed.state_dict()["position"] == 4 and resumed.epoch == 1
+    assert torch.equal(torch.get_rng_state(), expected_after)
+
+
+def test_resume_with_another_epoch_length_runs_the_new_budget(loaders) -> None:
+    net = tiny_unet()
+    first = SemiSupervisedTrainer("cpu", 1, loaders[0], net, torch.optim.SGD(net.parameters(), lr=0.01),
+                                  SupervisedMethod(), epoch_length=4)
+    first.run()
+    state = first.state_dict()  # 4 iterations in epochs of 4 (max_iterations 4)
+    second = SemiSupervisedTrainer("cpu", 2, loaders[0], net, torch.optim.SGD(net.parameters(), lr=0.01),
+                                   SupervisedMethod(), epoch_length=5)  # resumed with max_iterations 10
+    second.load_state_dict(state)
+    second.state.max_epochs = 2  # as MONAI's CheckpointLoader does: the new run's max_epochs
+    started: list[tuple[int, int]] = []
+    second.add_event_handler(Events.ITERATION_STARTED, lambda e: started.append((e.state.epoch, e.state.iteration)))
+    second.run()
+    assert second.state.epoch_length == 5 and second.budget == 10
+    assert started == [(1, 5), (2, 6), (2, 7), (2, 8), (2, 9), (2, 10)]

@@ -133,3 +133,52 @@ def test_handlers_are_registered_as_state_providers() -> None:
     RampScheduler("test_rampup_provider", 0.0, 1.0, length=1)
     assert state_providers("test_rampup_provider") == (
         "semiseg.handlers.RampScheduler(param_name='test_rampup_provider', ...)",)
+
+
+# ramps given as fractions of the run follow the budget the engine runs ----------------------------------------------
+
+
+def test_run_steps_stretch_the_ramp_over_the_engines_budget() -> None:
+    # SSL4MIS: 0.1 * sigmoid_rampup(iter // (6000 // 40), 40); here 4 steps over a 12-iteration run: every = 3
+    seen = _run(ConsistencyRampUp(weight=1.0, length=4, every=1000, run_steps=4), 12, epoch_length=4)
+    assert seen == pytest.approx([sigmoid_rampup(i // 3, 4) for i in range(12)])
+    assert ConsistencyRampUp.simulate_values(8, weight=1.0, length=4, run_steps=4)[5][1] == pytest.approx(
+        sigmoid_rampup(5 // 2, 4))
+
+
+def test_a_resume_with_a_larger_budget_stretches_a_restored_ramp() -> None:
+    first = ConsistencyRampUp(weight=1.0, length=4, run_steps=4)
+    _run(first, 8, epoch_length=4)
+    assert first.every == 2
+    resumed = ConsistencyRampUp(weight=1.0, length=4, run_steps=4)
+    resumed.load_state_dict(first.state_dict())  # every == 2 restored ...
+    engine = Engine(lambda e, b: None)
+    resumed.attach(engine)
+    engine.state.max_epochs, engine.state.epoch_length, engine.state.iteration = 4, 4, 9  # ... budget now 16
+    resumed(engine)
+    assert resumed.every == 4 and engine.state.consistency_weight == pytest.approx(sigmoid_rampup(8 // 4, 4))
+
+
+def test_length_and_offset_fractions() -> None:
+    # UA-MT threshold: sigmoid_rampup(iter, max_iter); BPL-style warm-up from 0.4 of the run
+    threshold = RampScheduler("thr", 0.0, 1.0, length=1, length_fraction=1.0)
+    assert [v for _, v in threshold.simulate_values(10, param_name="thr", start=0.0, end=1.0, length=1,
+                                                    length_fraction=1.0)] == pytest.approx(
+        [sigmoid_rampup(i, 10) for i in range(10)])
+    warm = RampScheduler.simulate_values(10, param_name="w", start=0.0, end=1.0, length=1, ramp="linear",
+                                         offset_fraction=0.4)
+    assert [v for _, v in warm] == [0.0] * 5 + [1.0] * 5  # offset = floor(0.4 * 10) = 4; t = 1 from index 5
+    threshold.fit(25)
+    assert threshold.length == 25.0
+    for kwargs, match in [({"run_steps": 0}, "run_steps"), ({"length_fraction": 0}, "length_fraction"),
+                          ({"offset_fraction": -0.1}, "offset_fraction")]:
+        with pytest.raises(ValueError, match=match):
+            RampScheduler("w", 0.0, 1.0, length=1, **kwargs)
+
+
+def test_a_state_saved_before_run_steps_existed_still_loads() -> None:
+    handler = ConsistencyRampUp(weight=0.1, length=40, run_steps=40)
+    old = {k: v for k, v in ConsistencyRampUp(weight=0.2, every=7).state_dict().items()
+           if k not in ("run_steps", "length_fraction", "offset_fraction")}
+    handler.load_state_dict(old)
+    assert (handler.end, handler.every, handler.run_steps) == (0.2, 7, 40)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.engines.workflow import Workflow
@@ -18,28 +21,106 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semiseg.engines.outputs import image_filenames, loss_terms
+from semiseg.handlers.random_state import (
+    get_random_state,
+    get_transform_state,
+    random_transforms,
+    set_random_state,
+    set_transform_state,
+)
 from semiseg.keys import SSLIterationEvents
 from semiseg.methods.base import LabelledBatch, SSLMethod
 
-__all__ = ["SemiSupervisedTrainer", "UnlabelledCycle"]
+__all__ = ["SemiSupervisedTrainer", "DataCycle", "UnlabelledCycle", "epoch_length_for"]
 
 MAIN_NETWORK = "network"
 MAIN_OPTIMIZER = "optimizer"
 
 
-class UnlabelledCycle:
-    """Endless iterator over an unlabelled loader, independent of the labelled loader's epochs.
+def epoch_length_for(max_iterations: int, iterations_per_epoch: int) -> int:
+    """The Ignite ``epoch_length`` that makes ``max_epochs x epoch_length`` equal ``max_iterations`` exactly.
 
-    Each pass over the loader is one unlabelled "epoch"; a ``DistributedSampler`` gets ``set_epoch`` so every pass
-    is shuffled differently on every rank. ``epoch`` and ``position`` (batches drawn from the current pass) are
-    checkpointed through the trainer's ``state_dict``; after :meth:`load_state_dict` the next draw replays pass
-    ``epoch`` and skips the ``position`` batches already drawn (loading them: at most one pass of extra loading on
-    resume), so a resumed run sees the same unlabelled batches as an uninterrupted one wherever the sampler's order
-    is reproducible (``DistributedSampler``, no shuffling, a seeded generator). A pass that was drawn to its end is
-    not replayed.
+    The largest divisor of ``max_iterations`` that is not above ``iterations_per_epoch``, so the run is
+    ``max_iterations // epoch_length`` whole epochs (docs/architecture.md §2, "Budgets and the hot loop"): 150
+    iterations at 100 per epoch are 2 epochs of 75, never 1 epoch of 100. Ignite's ``max_iters`` would allow a last
+    partial epoch instead, but MONAI's trainers and MONAI Label count the budget in epochs
+    (``train#trainer#max_epochs``), so the budget stays ``max_epochs x epoch_length``. A ``max_iterations`` whose
+    largest such divisor is below half of ``iterations_per_epoch`` (a prime, say) gives short epochs, so
+    epoch-level handlers (validation every ``val_interval`` epochs, interval checkpoints) run more often: that is
+    warned about with two budgets that avoid it.
 
     Args:
-        loader: the unlabelled DataLoader (or any re-iterable).
+        max_iterations: the training budget in iterations (bundle setting ``max_iterations``).
+        iterations_per_epoch: the longest epoch wanted (bundle setting ``iterations_per_epoch``).
+
+    Returns:
+        The epoch length.
+
+    Raises:
+        ValueError: if either setting is not an integer >= 1.
+    """
+    for name, value in (("max_iterations", max_iterations), ("iterations_per_epoch", iterations_per_epoch)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(
+                f"bundle setting {name!r} must be an integer >= 1, got {value!r}: set e.g. --{name} "
+                f"{6000 if name == 'max_iterations' else 100}."
+            )
+    total, longest = int(max_iterations), int(iterations_per_epoch)
+    if total <= longest:
+        return total
+    length = next(d for d in range(longest, 0, -1) if total % d == 0)
+    if 2 * length < longest:
+        lower, upper = total // longest * longest, -(-total // longest) * longest
+        warnings.warn(
+            f"max_iterations {total} has no divisor between {-(-longest // 2)} and {longest} (iterations_per_epoch), "
+            f"so its epochs are {length} iteration(s) long and epoch-level handlers (validation every val_interval "
+            f"epochs, interval checkpoints) run every {length} iteration(s); choose a budget such as {lower} or "
+            f"{upper}, or an iterations_per_epoch that divides {total}.",
+            stacklevel=2,
+        )
+    return length
+
+
+def _plain(value: Any) -> Any:
+    """A MetaTensor as a plain tensor (no metadata work in the forward passes); anything else unchanged."""
+    return value.as_tensor() if isinstance(value, MetaTensor) else value
+
+
+def _plain_batch(batch: Any) -> Any:
+    """A collated batch with its ``image`` / ``label`` as plain tensors (other entries and meta left in ``batch``)."""
+    if isinstance(batch, Mapping) and any(isinstance(batch.get(k), MetaTensor) for k in (Keys.IMAGE, Keys.LABEL)):
+        return {**batch, **{k: _plain(batch[k]) for k in (Keys.IMAGE, Keys.LABEL) if k in batch}}
+    return batch
+
+
+def _generators(loader: Any) -> list[torch.Generator]:
+    """The torch generators of a loader and its sampler(s), distinct, in a fixed order."""
+    found: list[torch.Generator] = []
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (loader, getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+class DataCycle:
+    """Endless iterator over a data loader, in passes, whose position is checkpointed and replayed exactly.
+
+    The trainer draws both its labelled batches (Ignite's data, so epochs are a count of iterations, not of passes)
+    and its unlabelled batches from one of these. Each pass over the loader is one "epoch" of the cycle; a
+    ``DistributedSampler`` gets ``set_epoch`` so every pass is shuffled differently on every rank. When a pass
+    opens, the cycle records the state of the generators its shuffling draws from (torch's global one, which a
+    ``RandomSampler`` without a generator and the DataLoader's worker seeds use, and the loader's and sampler's own
+    generators); ``epoch``, ``position`` (batches drawn from the current pass) and that record are its
+    :meth:`state_dict`. After :meth:`load_state_dict` the next draw re-opens pass ``epoch`` under the recorded
+    generator states (the global one put back afterwards) and skips the ``position`` batches already drawn, loading
+    them (at most one pass of extra loading on resume) with the random transforms' generators put back afterwards,
+    so a resumed run draws the same batches as an uninterrupted one. A pass that was drawn to its end is not
+    replayed.
+
+    Args:
+        loader: the DataLoader (or any re-iterable).
 
     Raises:
         ValueError: if the loader yields nothing.
@@ -50,17 +131,46 @@ class UnlabelledCycle:
         self.epoch = 0
         self.position = 0
         self._iter: Iterator | None = None
+        self._pass_rng: dict[str, Any] | None = None
 
-    def _restart(self) -> None:
+    def _capture_rng(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in _generators(self.loader)]}
+
+    def _open(self) -> None:
         sampler = getattr(self.loader, "sampler", None)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(self.epoch)
+        self._pass_rng = self._capture_rng()
         self._iter = iter(self.loader)
 
     def _next_pass(self) -> None:
         self.epoch += 1
         self.position = 0
-        self._restart()
+        self._open()
+
+    def _replay(self) -> None:
+        """Re-open pass ``epoch`` under its recorded generator states and skip ``position`` batches."""
+        recorded, current = self._pass_rng, torch.get_rng_state()
+        transforms = random_transforms(self.loader)
+        transform_state = get_transform_state(transforms)
+        try:
+            if recorded is not None:
+                torch.set_rng_state(recorded["torch"])
+                for gen, state in zip(_generators(self.loader), recorded.get("generators", [])):
+                    gen.set_state(state)
+            sampler = getattr(self.loader, "sampler", None)
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(self.epoch)
+            self._iter = iter(self.loader)
+            for _ in range(self.position):
+                try:
+                    next(self._iter)
+                except StopIteration:
+                    self._next_pass()
+                    return
+        finally:
+            torch.set_rng_state(current)
+            set_transform_state(transforms, transform_state)
 
     def _resume(self) -> None:
         """First draw, or first after ``load_state_dict``: open pass ``epoch`` at ``position``."""
@@ -70,16 +180,12 @@ class UnlabelledCycle:
             length = None
         if self.position and length is not None and self.position >= length:
             self._next_pass()
-            return
-        self._restart()
-        for _ in range(self.position):
-            try:
-                next(self._iter)  # type: ignore[arg-type]
-            except StopIteration:
-                self._next_pass()
-                return
+        elif self.position or self._pass_rng is not None:
+            self._replay()
+        else:
+            self._open()
 
-    def __iter__(self) -> UnlabelledCycle:
+    def __iter__(self) -> DataCycle:
         return self
 
     def __next__(self) -> Any:
@@ -92,16 +198,22 @@ class UnlabelledCycle:
             try:
                 batch = next(self._iter)  # type: ignore[arg-type]
             except StopIteration:
-                raise ValueError("the unlabelled data loader yields no batch: its data set is empty.") from None
+                raise ValueError("the data loader yields no batch: its data set is empty.") from None
         self.position += 1
         return batch
 
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch": passes started before the current one, "position": batches drawn from the current one}``."""
-        return {"epoch": self.epoch, "position": self.position}
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch": passes started before the current one, "position": batches drawn from the current one,
+        "rng": the generator states when the current pass opened}`` (``rng`` once a pass was opened)."""
+        state: dict[str, Any] = {"epoch": self.epoch, "position": self.position}
+        if self._pass_rng is not None:
+            state["rng"] = self._pass_rng
+        return state
 
-    def load_state_dict(self, state_dict: Mapping[str, int]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Continue from a :meth:`state_dict`; the next draw opens the saved pass at the saved position.
+
+        A state without ``rng`` (an older checkpoint) replays the pass under the generators' current states.
 
         Raises:
             ValueError: if ``epoch`` or ``position`` is missing or not an integer >= 0.
@@ -109,9 +221,16 @@ class UnlabelledCycle:
         for key in ("epoch", "position"):
             value = state_dict.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"unlabelled cycle state {key!r} must be an integer >= 0, got {value!r}.")
+                raise ValueError(f"data cycle state {key!r} must be an integer >= 0, got {value!r}.")
         self.epoch, self.position = int(state_dict["epoch"]), int(state_dict["position"])
+        rng = state_dict.get("rng")
+        self._pass_rng = {"torch": rng["torch"].cpu(), "generators": [g.cpu() for g in rng.get("generators", [])]} \
+            if rng is not None else None
         self._iter = None
+
+
+UnlabelledCycle = DataCycle
+"""The unlabelled loader's cycle (the same class as the labelled one's; the name predates it)."""
 
 
 def _check_parts(
@@ -142,12 +261,13 @@ def _check_parts(
 class SemiSupervisedTrainer(SupervisedTrainer):
     """MONAI ``SupervisedTrainer`` whose iteration is ``loss, outputs = method(engine, labelled, unlabelled)``.
 
-    One iteration takes one labelled batch from ``train_data_loader`` (Ignite's data, which defines epochs) and one
-    batch from ``unlabelled_data_loader``, which cycles independently (its batch size sets the labelled/unlabelled
-    ratio). The method object (:class:`semiseg.methods.SSLMethod`) computes the forward passes and the loss; this
-    class owns zero-grad, AMP, backward, the optimiser steps, the non-finite-loss check and MONAI's iteration events,
-    so MONAI handlers (StatsHandler, LrScheduleHandler, CheckpointSaver, ValidationHandler, ...) work unchanged.
-    Cross-cutting state (teacher, consistency weight) comes from handlers through ``engine.state``
+    One iteration takes one labelled batch from ``train_data_loader`` and one batch from
+    ``unlabelled_data_loader`` (its batch size sets the labelled/unlabelled ratio). Both loaders are drawn through
+    a :class:`DataCycle`, so an epoch is ``epoch_length`` iterations whatever the loaders' lengths, and both
+    positions are checkpointed. The method object (:class:`semiseg.methods.SSLMethod`) computes the forward passes
+    and the loss; this class owns zero-grad, AMP, backward, the finite check, the optimiser steps and MONAI's
+    iteration events, so MONAI handlers (StatsHandler, LrScheduleHandler, CheckpointSaver, ValidationHandler, ...)
+    work unchanged. Cross-cutting state (teacher, consistency weight) comes from handlers through ``engine.state``
     (docs/architecture.md §2).
 
     One iteration:
@@ -155,42 +275,57 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     1. every trainable part (``engine.networks``) is put in train mode (validation puts the main one in eval);
     2. main phase: the main optimiser and every extra optimiser except the second phase's are zeroed,
        ``loss, outputs = method(...)`` runs under autocast, ``FORWARD_COMPLETED`` and ``LOSS_COMPLETED`` fire,
-       the loss is checked to be finite, back-propagated once (``BACKWARD_COMPLETED``) and all those optimisers
-       step (CPS-style separate optimisers on one summed loss);
+       the loss is back-propagated once (``BACKWARD_COMPLETED``), the loss and the gradients of every parameter
+       those optimisers hold are checked to be finite in one device sync, and all those optimisers step
+       (CPS-style separate optimisers on one summed loss);
     3. second phase, only when ``method.second_phase_optimizer`` is set (a discriminator, on the pattern of
        MONAI's ``AdversarialTrainer``): that optimiser is zeroed (so gradients its part got from the main loss are
        dropped), ``loss2, terms2 = method.second_phase(engine, labelled, unlabelled, outputs)`` runs under the same
-       autocast, ``terms2`` are merged into ``engine.state.output``, the loss is checked, back-propagated and that
-       optimiser alone steps; ``SSLIterationEvents.SECOND_PHASE_COMPLETED`` fires;
+       autocast, ``terms2`` are merged into ``engine.state.output``, the loss is back-propagated, it and that
+       optimiser's gradients are checked, and that optimiser alone steps; ``SECOND_PHASE_COMPLETED`` fires;
     4. ``MODEL_COMPLETED`` fires once every update of the iteration is applied.
 
     ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits on the labelled batch), ``loss``
     and the method's terms (``SSLKeys`` and any other scalar, all logged by :func:`semiseg.engines.loss_terms`).
     ``decollate`` defaults to False: training needs no per-item post-processing, and skipping it saves a copy per
-    iteration.
+    iteration. Batches may carry MetaTensors (the training transforms keep them so that a failure can name the
+    files): the images and labels are handed to the method as plain tensors.
+
+    The finite check is the one place an iteration waits on the device. Gradients are checked with one fused
+    ``torch._foreach_norm`` (max norm) summed with the loss, so a loss that is still finite while its gradients are
+    not (an overflow in the backward pass) stops before the step, and a non-finite value never reaches the weights.
+    Under fp16 AMP only the loss is checked: the grad scaler skips steps with non-finite gradients by itself.
 
     AMP (``amp=True``) autocasts on the trainer's device type (``cuda``, ``cpu``, ...) with ``amp_kwargs``
     (``{"dtype": torch.bfloat16}`` for bf16; the default dtype is the device's autocast default, fp16 on CUDA).
     Under fp16 each update phase has its own ``torch.amp.GradScaler``: ``self.scaler`` (MONAI's attribute) for the
     main phase, ``self.scalers[name]`` for the second phase's optimiser; bf16 needs none. The scalers are made
-    once, here (MONAI's ``Trainer.run`` would replace ``self.scaler`` on every call), and :meth:`state_dict` adds
-    their states and the unlabelled cycle's position to Ignite's engine state, so ``"trainer": "@train#trainer"``
-    in ``checkpoint#objects`` restores them with MONAI's ``CheckpointLoader``.
+    once, here (MONAI's ``Trainer.run`` would replace ``self.scaler`` on every call).
+
+    :meth:`state_dict` adds to Ignite's engine state the scalers, both data cycles and the random generators
+    (:func:`semiseg.handlers.random_state.get_random_state`, with the data sets' random transforms), so
+    ``"trainer": "@train#trainer"`` in ``checkpoint#objects`` restores all of them with MONAI's
+    ``CheckpointLoader`` and a resumed run continues as the uninterrupted one would (bit for bit on CPU with
+    ``num_workers=0``). The trainer also knows which iteration its in-memory state belongs to
+    (:attr:`last_good_iteration`), which :class:`semiseg.handlers.AtomicCheckpointSaver` uses to write a
+    checkpoint when training stops on an error (docs/architecture.md §2, "Checkpoints").
 
     Args:
         device: the device to train on.
-        max_epochs: epochs to run; iterations = ``max_epochs * epoch_length``.
+        max_epochs: epochs to run; the budget is ``max_epochs * epoch_length`` iterations (:attr:`budget`).
         train_data_loader: labelled DataLoader yielding ``{"image", "label"}`` batches.
         network: the student network.
         optimizer: the student's optimiser.
         method: the semi-supervised method object.
         unlabelled_data_loader: unlabelled DataLoader yielding ``{"image"}`` batches; required when
             ``method.requires_unlabelled``.
-        epoch_length: iterations per epoch (Ignite); default ``len(train_data_loader)``.
-        nan_policy: ``"raise"`` (default): a non-finite loss stops training before the backward pass, with an error
-            naming the iteration, the loss terms and the batch's files, so the weights stay intact and the final
-            checkpoint (``save_final``) is the last good state. ``"skip"``: log and skip the update (a non-finite
-            main loss skips the whole iteration, a non-finite second-phase loss that phase's update).
+        epoch_length: iterations per epoch (Ignite); default ``len(train_data_loader)``
+            (:func:`epoch_length_for` picks one that divides a budget).
+        nan_policy: ``"raise"`` (default): a non-finite loss or gradient stops training before the optimiser step,
+            with an error naming the iteration, the loss terms, the first non-finite gradients and the files of the
+            labelled and unlabelled batches, so the weights stay those of the last completed iteration.
+            ``"skip"``: log and skip the update (a non-finite main phase skips the whole iteration, a non-finite
+            second phase that phase's update).
         decollate: see the class docstring.
         networks: extra trainable parts by name (config id ``train#trainer#networks``): a discriminator, a second
             student, a head. Exposed with the main one as ``engine.networks`` (``"network"`` is the main one, so it
@@ -204,9 +339,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     Raises:
         TypeError: if ``method`` is not an ``SSLMethod``, or an extra part or optimiser has the wrong type.
         ValueError: if the method needs unlabelled data and none is given, on an unknown ``nan_policy``, on
-            ``accumulation_steps`` other than 1, on a reserved or repeated part/optimiser, on a parameter held by
-            two optimisers, or if ``networks`` / ``optimizers`` lack a part the method declares
-            (``method.required_networks``, ``method.second_phase_optimizer``).
+            ``accumulation_steps`` other than 1, without ``epoch_length`` for a loader without a length, on a
+            reserved or repeated part/optimiser, on a parameter held by two optimisers, or if ``networks`` /
+            ``optimizers`` lack a part the method declares (``method.required_networks``,
+            ``method.second_phase_optimizer``).
     """
 
     def __init__(
@@ -246,6 +382,13 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                     f"{type(method).__name__} needs unlabelled data but the unlabelled data set is empty: check "
                     "'num_labelled' (all training cases labelled?) and the data set's unlabelled/test lists."
                 )
+        if epoch_length is None:
+            try:
+                epoch_length = len(train_data_loader)  # type: ignore[arg-type]
+            except TypeError:
+                raise ValueError(
+                    "train_data_loader has no length: give the trainer an epoch_length (bundle id 'epoch_length')."
+                ) from None
         extra_networks = _check_parts(
             "networks", networks or {}, MAIN_NETWORK, network, nn.Module, "train#trainer#networks"
         )
@@ -255,11 +398,12 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self._check_method_parts(method, extra_networks, extra_optimizers)
         self._check_parameters(network, optimizer, extra_networks, extra_optimizers)
 
+        labelled = DataCycle(train_data_loader)
         event_names = list(kwargs.pop("event_names", None) or []) + [SSLIterationEvents]
         super().__init__(
             device=device,
             max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
+            train_data_loader=labelled,
             network=network,
             optimizer=optimizer,
             loss_function=method,
@@ -270,6 +414,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         )
         self.method = method
         self.nan_policy = nan_policy
+        self.train_data_loader = train_data_loader
+        self.labelled = labelled
         self.networks: dict[str, nn.Module] = {MAIN_NETWORK: self.network, **extra_networks}
         self.optimizers: dict[str, torch.optim.Optimizer] = {MAIN_OPTIMIZER: self.optimizer, **extra_optimizers}
         second = method.second_phase_optimizer
@@ -286,7 +432,13 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                     self.scalers[second] = torch.amp.GradScaler(self.amp_device_type)
 
         self.unlabelled_data_loader = unlabelled_data_loader
-        self.unlabelled = UnlabelledCycle(unlabelled_data_loader) if unlabelled_data_loader is not None else None
+        self.unlabelled = DataCycle(unlabelled_data_loader) if unlabelled_data_loader is not None else None
+        self._unlabelled_batch: Any = None
+        # which iteration the in-memory state belongs to (None while an update is applied), see last_good_iteration
+        self._good_iteration: int | None = None
+        self._good_cycles: dict[str, dict[str, Any]] = {}
+        self._start_iteration: int | None = None
+        self._reporting_good_state = False
         method.attach(self)
 
     @staticmethod
@@ -336,12 +488,84 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                     stacklevel=3,
                 )
 
+    @property
+    def budget(self) -> int:
+        """The iterations this run trains in all: ``max_epochs x epoch_length`` as the engine has them now.
+
+        Schedules that span the run (:class:`semiseg.handlers.BudgetLrScheduleHandler`, ramps with ``run_steps``
+        or fractions) read it when they act, so a ``--max_iterations``, a ``train#trainer#max_epochs`` override
+        (MONAI Label) or a resume with a larger budget all get schedules that fit.
+        """
+        return int(self.state.max_epochs or 0) * int(self.state.epoch_length or 0)
+
+    @property
+    def last_good_iteration(self) -> int | None:
+        """The iteration whose completed update the in-memory training state holds, or None.
+
+        Set when ``STARTED`` (a resumed run's checkpoint is loaded then) and each ``ITERATION_COMPLETED`` have
+        run all their handlers; None from the first optimiser step of an iteration until its
+        ``ITERATION_COMPLETED`` handlers (teacher update, LR step, ...) have all run, and before the run starts. A
+        failure before the step (a non-finite loss or gradient, an error or Ctrl-C in the forward or backward pass,
+        in data loading or in validation) leaves a consistent state of this iteration; one during the update does
+        not.
+        """
+        return self._good_iteration
+
+    @property
+    def start_iteration(self) -> int | None:
+        """The iteration this run started from (0, or a resumed checkpoint's), once ``STARTED`` has run."""
+        return self._start_iteration
+
+    @contextlib.contextmanager
+    def last_good_state(self) -> Iterator[int]:
+        """While open, :meth:`state_dict` describes the last completed iteration (for a save after an error).
+
+        The engine's ``iteration`` / ``epoch`` and the data cycles' positions are those of
+        :attr:`last_good_iteration`; the random generators are as they are now (a resume from such a checkpoint
+        continues from the right weights, optimiser state, schedules and batches, with other random draws).
+
+        Yields:
+            The iteration described.
+
+        Raises:
+            RuntimeError: if there is no consistent state (:attr:`last_good_iteration` is None).
+        """
+        good = self._good_iteration
+        if good is None:
+            raise RuntimeError("the training state is being updated: there is no consistent state to describe.")
+        iteration, epoch = self.state.iteration, self.state.epoch
+        self.state.iteration = good
+        self.state.epoch = good // self.state.epoch_length if self.state.epoch_length else epoch
+        self._reporting_good_state = True
+        try:
+            yield good
+        finally:
+            self.state.iteration, self.state.epoch = iteration, epoch
+            self._reporting_good_state = False
+
+    def _cycles(self) -> dict[str, DataCycle]:
+        return {"labelled": self.labelled, **({"unlabelled": self.unlabelled} if self.unlabelled is not None else {})}
+
+    def _mark_good(self) -> None:
+        self._good_iteration = self.state.iteration
+        self._good_cycles = {name: cycle.state_dict() for name, cycle in self._cycles().items()}
+
+    def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
+        """Ignite's ``_fire_event``; after ``STARTED`` and ``ITERATION_COMPLETED`` the state is a consistent one."""
+        super()._fire_event(event_name, *event_args, **event_kwargs)
+        if event_name is Events.ITERATION_COMPLETED:
+            self._mark_good()
+        elif event_name is Events.STARTED:
+            self._mark_good()
+            self._start_iteration = self.state.iteration
+
     def run(self) -> None:  # type: ignore[override]
         """Run training (Ignite ``Engine.run`` through MONAI's ``Workflow.run``), resuming from the current state.
 
         Skips MONAI's ``Trainer.run``, which only replaces ``self.scaler`` by a new CUDA grad scaler on every call:
         that would discard a scale restored from a checkpoint and ignore the trainer's device.
         """
+        self._good_iteration = self._start_iteration = None
         Workflow.run(self)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -352,20 +576,55 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     def _next_unlabelled(self) -> torch.Tensor | None:
         if self.unlabelled is None or not self.method.requires_unlabelled:
             return None
-        batch = next(self.unlabelled)
-        images, _ = default_prepare_batch(batch, self.state.device, self.non_blocking, **self.to_kwargs)
+        batch = self._unlabelled_batch = next(self.unlabelled)
+        images, _ = default_prepare_batch(_plain_batch(batch), self.state.device, self.non_blocking, **self.to_kwargs)
         return images
 
-    def _is_finite(self, loss: torch.Tensor, terms: Mapping[str, Any], batchdata: Any, what: str) -> bool:
-        """True if ``loss`` is finite; else raise (``nan_policy="raise"``) or log and return False (``"skip"``)."""
-        if torch.isfinite(loss.detach()).all():
+    def _parameter_names(self) -> dict[int, str]:
+        return {id(p): f"{net}.{name}" for net, mod in self.networks.items() for name, p in mod.named_parameters()}
+
+    def _check_finite(
+        self,
+        loss: torch.Tensor,
+        terms: Mapping[str, Any],
+        optimizers: Sequence[torch.optim.Optimizer] | None,
+        batchdata: Any,
+        what: str,
+    ) -> bool:
+        """True if ``loss`` and the gradients of ``optimizers``' parameters are finite (one device sync).
+
+        Otherwise raise ``FloatingPointError`` (``nan_policy="raise"``) or log and return False (``"skip"``).
+        ``optimizers`` None checks the loss only (fp16 AMP, whose grad scaler skips non-finite steps itself).
+        """
+        total = loss.detach().float().sum()
+        params = [p for opt in optimizers or () for group in opt.param_groups for p in group["params"]]
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for param in params:
+            if param.grad is not None and param.grad.numel():
+                by_device.setdefault(param.grad.device, []).append(param.grad)
+        for grads in by_device.values():  # max-abs norms: inf or NaN exactly when an element is, never overflow
+            total = total + torch.stack(torch._foreach_norm(grads, math.inf)).float().sum().to(total.device)
+        if bool(torch.isfinite(total)):
             return True
+        # the failure path (syncs do not matter here): say what is not finite and name the batches' files
+        names = self._parameter_names()
+        bad = [names.get(id(p), f"a parameter of shape {tuple(p.shape)}") for p in params
+               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        loss_value = float(loss.detach().float().sum())
+        if math.isfinite(loss_value):
+            problem = f"{what} {loss_value:.4g} is finite but its gradients are not"
+        else:
+            problem = f"non-finite {what} {loss_value:.4g}"
+        problem += f" at iteration {self.state.iteration} (epoch {self.state.epoch})"
+        if bad:
+            problem += f", non-finite gradients in {len(bad)} parameter tensor(s) (first {', '.join(bad[:3])})"
+        files = f"labelled batch {image_filenames(batchdata) or '(no file names)'}"
+        if self._unlabelled_batch is not None:
+            files += f"; unlabelled batch {image_filenames(self._unlabelled_batch) or '(no file names)'}"
         message = (
-            f"non-finite {what} {float(loss.detach()):.4g} at iteration {self.state.iteration} "
-            f"(epoch {self.state.epoch}); "
-            f"terms {loss_terms(dict(terms))}; labelled batch {image_filenames(batchdata) or '(no file names)'}. The "
-            "update was not applied. Common causes: a learning rate too high for this data, an image with NaN/inf "
-            "voxels, or a constant image that intensity normalisation divides by zero."
+            f"{problem}; terms {loss_terms(dict(terms))}; {files}. The update was not applied. Common causes: a "
+            "learning rate too high for this data, an image with NaN/inf voxels, or a constant image that intensity "
+            "normalisation divides by zero."
         )
         if self.nan_policy == "raise":
             raise FloatingPointError(message)
@@ -376,7 +635,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         """One semi-supervised step: main phase (method loss, all joint optimisers), then the second phase if any."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        images, labels = default_prepare_batch(batchdata, self.state.device, self.non_blocking, **self.to_kwargs)
+        self._unlabelled_batch = None
+        images, labels = default_prepare_batch(
+            _plain_batch(batchdata), self.state.device, self.non_blocking, **self.to_kwargs
+        )
         unlabelled = self._next_unlabelled()
 
         for network in self.networks.values():
@@ -390,19 +652,22 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.fire_event(IterationEvents.FORWARD_COMPLETED)
         self.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        if not self._is_finite(loss, outputs, batchdata, "loss"):
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        checked = None if self.scaler is not None else main_optimizers
+        if not self._check_finite(loss, outputs, checked, batchdata, "loss"):
             self.fire_event(IterationEvents.MODEL_COMPLETED)
             return self.state.output
 
+        self._good_iteration = None  # the update starts: no consistent state until ITERATION_COMPLETED has run
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.fire_event(IterationEvents.BACKWARD_COMPLETED)
             for optimizer in main_optimizers:
                 self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            loss.backward()
-            self.fire_event(IterationEvents.BACKWARD_COMPLETED)
             for optimizer in main_optimizers:
                 optimizer.step()
 
@@ -414,7 +679,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     def _second_phase(
         self, batchdata: Any, labelled: LabelledBatch, unlabelled: torch.Tensor | None, outputs: dict[str, Any]
     ) -> None:
-        """Zero, forward, check, backward and step the second phase's optimiser alone."""
+        """Zero, forward, backward, check and step the second phase's optimiser alone."""
         name = self.method.second_phase_optimizer
         assert name is not None  # checked by the caller
         optimizer, scaler = self.optimizers[name], self.scalers.get(name)
@@ -428,14 +693,18 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 "output already has: give the second phase's terms their own names."
             )
         self.state.output.update(terms)
-        if not self._is_finite(loss, terms, batchdata, f"second-phase loss (optimiser {name!r})"):
-            return
         if scaler is not None:
             scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        checked = None if scaler is not None else [optimizer]
+        if not self._check_finite(loss, terms, checked, batchdata, f"second-phase loss (optimiser {name!r})"):
+            return
+        self._good_iteration = None
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         self.fire_event(SSLIterationEvents.SECOND_PHASE_COMPLETED)
 
@@ -444,32 +713,52 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         scalers = {MAIN_OPTIMIZER: self.scaler} if self.scaler is not None else {}
         return {**scalers, **self.scalers}
 
+    def _data_loaders(self) -> list[Any]:
+        return [cycle.loader for cycle in self._cycles().values()]
+
     def state_dict(self) -> OrderedDict:
-        """Ignite's engine state plus ``grad_scalers`` (by optimiser name) and the ``unlabelled`` cycle's position.
+        """Ignite's engine state plus ``grad_scalers`` (by optimiser name), the ``labelled`` and ``unlabelled``
+        cycles (:class:`DataCycle`) and the ``random`` generators (with the data loaders' random transforms).
+
+        Inside :meth:`last_good_state` the iteration and the cycles are those of the last completed iteration.
 
         Returns:
             The state, loadable with ``torch.load(..., weights_only=True)``.
         """
         state = super().state_dict()
         state["grad_scalers"] = {name: scaler.state_dict() for name, scaler in self._grad_scalers().items()}
-        if self.unlabelled is not None:
-            state["unlabelled"] = self.unlabelled.state_dict()
+        cycles = {name: cycle.state_dict() for name, cycle in self._cycles().items()}
+        if self._reporting_good_state:
+            cycles.update(self._good_cycles)
+        state.update(cycles)
+        state["random"] = get_random_state(*self._data_loaders())
         return state
 
     def load_state_dict(self, state_dict: Mapping) -> None:
-        """Restore Ignite's engine state, the grad scalers and the unlabelled cycle.
+        """Restore Ignite's engine state, the grad scalers, the data cycles and the random generators.
 
-        A checkpoint without ``grad_scalers`` / ``unlabelled`` (older, or saved without fp16 AMP) leaves those
-        fresh; scaler states for optimisers this trainer has no scaler for (AMP now off, say) are ignored with a
-        warning in the log.
+        The trainer keeps its own ``epoch_length`` (so a resume with another budget runs that budget; the epoch is
+        recomputed from the iteration) and, as MONAI's ``CheckpointLoader`` does, the caller keeps ``max_epochs``.
+        A checkpoint without ``grad_scalers`` / ``labelled`` / ``unlabelled`` / ``random`` (older, or saved
+        without fp16 AMP) leaves those as they are; scaler states for optimisers this trainer has no scaler for
+        (AMP now off, say) are ignored with a warning in the log.
 
         Args:
             state_dict: as returned by :meth:`state_dict`.
         """
         state_dict = dict(state_dict)
         scaler_states = state_dict.pop("grad_scalers", None) or {}
-        unlabelled = state_dict.pop("unlabelled", None)
+        cycles = {name: state_dict.pop(name, None) for name in ("labelled", "unlabelled")}
+        random_state = state_dict.pop("random", None)
+        epoch_length = self.state.epoch_length
         super().load_state_dict(state_dict)
+        if epoch_length and self.state.epoch_length != epoch_length:
+            self.logger.info(
+                f"checkpoint was trained with epochs of {self.state.epoch_length} iterations; this run uses "
+                f"{epoch_length} (another max_iterations): continuing from iteration {self.state.iteration}."
+            )
+            self.state.epoch_length = epoch_length
+            self.state.epoch = self.state.iteration // epoch_length
         scalers = self._grad_scalers()
         for name, scaler_state in scaler_states.items():
             if name in scalers and scaler_state:
@@ -478,5 +767,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 self.logger.warning(
                     f"checkpoint has a grad scaler state for {name!r}, which this trainer does not use: ignored."
                 )
-        if unlabelled is not None and self.unlabelled is not None:
-            self.unlabelled.load_state_dict(unlabelled)
+        for name, cycle in self._cycles().items():
+            if cycles.get(name) is not None:
+                cycle.load_state_dict(cycles[name])
+        if random_state is not None:
+            set_random_state(random_state, *self._data_loaders(), logger=self.logger)

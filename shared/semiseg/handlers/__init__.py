@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from .budget import BudgetLrScheduleHandler, run_budget
 from .case_metrics import CaseMetricsWriter
-from .checkpoint import AtomicCheckpointSaver
+from .checkpoint import AtomicCheckpointSaver, clean_stale_temp_files, prepare_checkpoint_dir, setting_flag
+from .distance_metrics import HausdorffDistanceMM, MissedStructures, SurfaceDistanceMM
 from .ema_teacher import BUFFER_POLICIES, EMATeacher
 from .rampup import RAMPS, ConsistencyRampUp, RampScheduler
+from .random_state import RandomStates
 
 __all__ = [
-    "AtomicCheckpointSaver",
+    "AtomicCheckpointSaver", "BudgetLrScheduleHandler", "RandomStates", "clean_stale_temp_files",
+    "prepare_checkpoint_dir", "run_budget", "setting_flag",
+    "HausdorffDistanceMM", "MissedStructures", "SurfaceDistanceMM",
     "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS"]

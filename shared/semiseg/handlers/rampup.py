@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ignite.engine import Engine, Events
 from ignite.handlers.state_param_scheduler import StateParamScheduler
 
 from semiseg import ramps
+from semiseg.handlers.budget import run_budget
 from semiseg.keys import SSLKeys, provides_state, register_state_provider, state_providers
 
 __all__ = ["RampScheduler", "ConsistencyRampUp", "RAMPS"]
@@ -31,6 +33,15 @@ class RampScheduler(StateParamScheduler):
     then on. The value is set at ``ITERATION_STARTED`` (``EPOCH_STARTED``) so the method sees it in the same
     iteration (epoch).
 
+    A ramp whose length is a fraction of the run follows the budget the run actually trains
+    (:func:`semiseg.handlers.budget.run_budget`, ``max_epochs x epoch_length`` iterations or ``max_epochs``
+    epochs, read at every event, so ``--max_iterations``, MONAI Label's ``train#trainer#max_epochs`` and a resume
+    with a larger budget all stretch it): ``run_steps`` sets ``every = max(1, budget // run_steps)`` (SSL4MIS's
+    ``iter // 150`` with 40 steps over 6000 iterations), ``length_fraction`` sets ``length = fraction x budget``
+    (UA-MT's ``sigmoid_rampup(iter, max_iter)``: 1.0), ``offset_fraction`` sets
+    ``offset = floor(fraction x budget)`` (BPL's warm-up from 0.4 T). The resolved ``every`` / ``length`` /
+    ``offset`` are what :meth:`state_dict` holds.
+
     Every instance registers itself as the provider of ``engine.state.<param_name>`` (unless a handler class
     already provides that key, :func:`semiseg.keys.register_state_provider`), so a method that lists
     ``param_name`` in ``required_state`` names this handler when it is missing.
@@ -46,10 +57,17 @@ class RampScheduler(StateParamScheduler):
         save_history: keep the values in ``engine.state.param_history`` (Ignite ``StateParamScheduler``).
         offset: units before the ramp starts (BPL's warm-up, UGPCL's contrastive loss from step 1000); the value
             is ``start`` until then.
+        run_steps: when set, ``every`` is ``max(1, budget // run_steps)`` (the ramp's ``t`` takes ``run_steps``
+            steps over the run) instead of the ``every`` given.
+        length_fraction: when set, ``length`` is this fraction of the budget.
+        offset_fraction: when set, ``offset`` is ``floor(offset_fraction x budget)``.
 
     Raises:
-        ValueError: on an unknown ramp or unit, ``every < 1`` or a negative ``offset``.
+        ValueError: on an unknown ramp or unit, ``every < 1``, a negative ``offset``, ``run_steps < 1`` or a
+            fraction that is not > 0 (``offset_fraction``: >= 0).
     """
+
+    _budget_attrs = ("run_steps", "length_fraction", "offset_fraction")
 
     def __init__(
         self,
@@ -62,6 +80,9 @@ class RampScheduler(StateParamScheduler):
         every: int = 1,
         save_history: bool = False,
         offset: int = 0,
+        run_steps: int | None = None,
+        length_fraction: float | None = None,
+        offset_fraction: float | None = None,
     ) -> None:
         super().__init__(param_name=param_name, save_history=save_history, create_new=True)
         if ramp not in RAMPS:
@@ -72,11 +93,37 @@ class RampScheduler(StateParamScheduler):
             raise ValueError(f"every must be >= 1, got {every!r}.")
         if int(offset) != offset or int(offset) < 0:
             raise ValueError(f"offset must be an integer >= 0, got {offset!r}.")
+        if run_steps is not None and (int(run_steps) != run_steps or int(run_steps) < 1):
+            raise ValueError(f"run_steps must be an integer >= 1 or None, got {run_steps!r}.")
+        if length_fraction is not None and not float(length_fraction) > 0:
+            raise ValueError(f"length_fraction must be > 0 or None, got {length_fraction!r}.")
+        if offset_fraction is not None and not float(offset_fraction) >= 0:
+            raise ValueError(f"offset_fraction must be >= 0 or None, got {offset_fraction!r}.")
         self.start, self.end, self.length = float(start), float(end), float(length)
         self.ramp, self.unit, self.every, self.offset = ramp, unit, int(every), int(offset)
-        self._state_attrs += ["start", "end", "length", "ramp", "unit", "every", "offset"]
+        self.run_steps = None if run_steps is None else int(run_steps)
+        self.length_fraction = None if length_fraction is None else float(length_fraction)
+        self.offset_fraction = None if offset_fraction is None else float(offset_fraction)
+        self._state_attrs += ["start", "end", "length", "ramp", "unit", "every", "offset", *self._budget_attrs]
         if not state_providers(param_name):
             register_state_provider(param_name, f"semiseg.handlers.RampScheduler(param_name={param_name!r}, ...)")
+
+    def fit(self, budget: int) -> None:
+        """Resolve ``every`` / ``length`` / ``offset`` from their fractions of ``budget`` (counted in ``unit``)."""
+        if budget < 1:
+            return
+        if self.run_steps is not None:
+            self.every = max(1, budget // self.run_steps)
+        if self.length_fraction is not None:
+            self.length = self.length_fraction * budget
+        if self.offset_fraction is not None:
+            self.offset = math.floor(self.offset_fraction * budget + 1e-9)
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Ignite's ``load_state_dict``; a state saved before ``run_steps`` and the fractions existed keeps the
+        configured ones."""
+        missing = {name: getattr(self, name) for name in self._budget_attrs if name not in state_dict}
+        super().load_state_dict({**state_dict, **missing})
 
     def value_at(self, t: float) -> float:
         """The value at ramp position ``t`` (already divided by ``every`` and counted from ``offset``)."""
@@ -98,6 +145,7 @@ class RampScheduler(StateParamScheduler):
             return
         if hasattr(engine.state, self.param_name):
             raise ValueError(f"engine.state.{self.param_name} is already set by another handler.")
+        self.fit(run_budget(engine, self.unit))
         setattr(engine.state, self.param_name, self.value_at_index(0))
         if self.save_history:
             if getattr(engine.state, "param_history", None) is None:
@@ -107,14 +155,17 @@ class RampScheduler(StateParamScheduler):
         engine.add_event_handler(event, self)
 
     def __call__(self, engine: Engine) -> None:
-        """Sync the position from the engine (robust to resume) and write the value."""
+        """Fit to the run's budget, sync the position from the engine (robust to resume) and write the value."""
+        self.fit(run_budget(engine, self.unit))
         self.event_index = (engine.state.iteration if self.unit == "iteration" else engine.state.epoch) - 1
         super().__call__(engine)
 
     @classmethod
     def simulate_values(cls, num_events: int, **scheduler_kwargs: Any) -> list[list[float]]:
-        """Values for events ``0..num_events-1`` without an engine: ``[[event, value], ...]``."""
+        """Values for events ``0..num_events-1`` without an engine (a run of ``num_events`` units):
+        ``[[event, value], ...]``."""
         scheduler = cls(**scheduler_kwargs)
+        scheduler.fit(num_events)
         return [[i, scheduler.value_at_index(i)] for i in range(num_events)]
 
 
@@ -133,6 +184,10 @@ class ConsistencyRampUp(RampScheduler):
         ramp: the ramp shape.
         save_history: see :class:`RampScheduler`.
         offset: units before the ramp starts; the weight is 0 until then (see :class:`RampScheduler`).
+        run_steps: ``every = max(1, budget // run_steps)`` for the run's budget (SSL4MIS: ``run_steps=length``,
+            so the ramp spans the run whatever its length); replaces ``every``.
+        length_fraction: ``length`` as a fraction of the budget (see :class:`RampScheduler`).
+        offset_fraction: ``offset`` as a fraction of the budget (see :class:`RampScheduler`).
     """
 
     def __init__(
@@ -144,6 +199,9 @@ class ConsistencyRampUp(RampScheduler):
         ramp: str = "sigmoid",
         save_history: bool = False,
         offset: int = 0,
+        run_steps: int | None = None,
+        length_fraction: float | None = None,
+        offset_fraction: float | None = None,
     ) -> None:
         super().__init__(
             param_name=SSLKeys.CONSISTENCY_WEIGHT.value,
@@ -155,4 +213,7 @@ class ConsistencyRampUp(RampScheduler):
             every=every,
             save_history=save_history,
             offset=offset,
+            run_steps=run_steps,
+            length_fraction=length_fraction,
+            offset_fraction=offset_fraction,
         )

@@ -1,0 +1,146 @@
+"""Bundles never lose good weights: resume equals an uninterrupted run, a larger budget gets schedules that fit, a
+fresh run does not replace trained weights, a NaN stop keeps the last good checkpoint (docs/architecture.md §2,
+"Checkpoints")."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from monai.bundle import run
+
+from tests.bundles.conftest import REPO, config
+from tests.bundles.conftest import bundle_overrides as _overrides
+from tests.helpers import states_equal
+
+
+def _flat(obj: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in _flat(value, f"{path}/{key}").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in _flat(value, f"{path}/{i}").items()}
+    return {path: obj}
+
+
+def _messages(error: BaseException | None) -> str:
+    """The messages of an exception and of those it was raised from (MONAI wraps config errors)."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def _different(a: Path, b: Path) -> list[str]:
+    """Entries of two checkpoint files that are not bitwise equal (tensors with torch.equal, the rest with ==)."""
+    left, right = (_flat(torch.load(p, weights_only=True)) for p in (a, b))
+    assert left.keys() == right.keys()
+    return [k for k in left if not states_equal(left[k], right[k])]
+
+
+def test_resume_with_a_larger_budget_continues_with_schedules_that_fit(tiny_demo: Path, tmp_path: Path) -> None:
+    common = _overrides(tiny_demo, tmp_path, iterations_per_epoch=2, val_interval=10)
+    run("training", config_file=config("mean_teacher", "train.json"), max_iterations=2, **common)
+    first = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    assert first["optimizer"]["param_groups"][0]["lr"] == 0.0  # the 2-iteration schedule ended
+    run("training", config_file=config("mean_teacher", "train.json"), max_iterations=4, resume=True, **common)
+    second = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    assert (first["trainer"]["iteration"], second["trainer"]["iteration"]) == (2, 4)
+    assert second["lr_scheduler"]["total_iters"] == 4  # was 2: the restored schedule now spans the new budget
+    # the student trained on after the resume (at learning rate 0 it would not have moved)
+    assert any(not torch.equal(second["model"][k], first["model"][k]) for k in first["model"])
+    assert second["rampup"]["every"] == 1  # the ramp spans the new budget: max(1, 4 // 40) iterations a step
+    assert any(not torch.equal(second["teacher"][k], first["teacher"][k]) for k in first["teacher"])
+    teacher = torch.load(tmp_path / "models" / "teacher.pt", weights_only=True)
+    assert states_equal(teacher, second["teacher"])  # the EMA teacher's final weights, for inference
+
+
+def test_a_fresh_run_refuses_to_replace_trained_weights_unless_told(tiny_demo: Path, tmp_path: Path) -> None:
+    common = _overrides(tiny_demo, tmp_path, iterations_per_epoch=1, val_interval=10, max_iterations=1)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes(b"trained weights")
+    with pytest.raises(Exception) as info:
+        run("training", config_file=config("supervised", "train.json"), **common)
+    message = _messages(info.value)
+    assert str(models / "model.pt") in message and "--resume true" in message and "--overwrite true" in message
+    assert (models / "model.pt").read_bytes() == b"trained weights" and not (models / "checkpoint.pt").exists()
+    run("training", config_file=config("supervised", "train.json"), overwrite=True, **common)
+    assert torch.load(models / "model.pt", weights_only=True).keys() == torch.load(
+        models / "checkpoint.pt", weights_only=True)["model"].keys()
+
+
+def test_a_run_that_diverges_keeps_finite_weights_and_writes_no_model_pt(tiny_demo: Path, tmp_path: Path) -> None:
+    common = _overrides(tiny_demo, tmp_path, iterations_per_epoch=2, val_interval=10, max_iterations=20)
+    with pytest.raises(Exception) as info:
+        run("training", config_file=config("mean_teacher", "train.json"), learning_rate=1e3, **common)
+    assert "is finite but its gradients are not" in _messages(info.value) or "non-finite" in _messages(info.value)
+    models = tmp_path / "models"
+    assert not (models / "model.pt").exists() and not (models / "teacher.pt").exists()
+    saved = torch.load(models / "checkpoint.pt", weights_only=True)
+    floats = [v for v in _flat(saved).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert floats and all(bool(torch.isfinite(v).all()) for v in floats)
+    assert 1 <= saved["trainer"]["iteration"] < 20
+
+
+def _bundle_command(out: Path, tiny_demo: Path, **extra: Any) -> list[str]:
+    overrides = _overrides(tiny_demo, out, max_iterations=8, iterations_per_epoch=2, val_interval=2, **extra)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+           config("mean_teacher", "train.json")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    return cmd
+
+
+def test_a_run_killed_after_a_checkpoint_and_resumed_ends_bitwise_equal_to_an_uninterrupted_one(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    """SIGKILL after the 2nd epoch checkpoint (iteration 4 of 8), `--resume true`: every tensor of model.pt,
+    teacher.pt and checkpoint.pt (weights, optimiser, schedules, data positions, random generators) equals the
+    uninterrupted run's, on CPU with num_workers 0 (mean_teacher: dropout, teacher noise, shuffling, random crops)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "shared"), str(REPO)]))
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("whole", "killed", "resumed")}  # noqa: SIM115
+    whole = subprocess.Popen(_bundle_command(tmp_path / "whole", tiny_demo), cwd=REPO, env=env,
+                             stdout=logs["whole"], stderr=subprocess.STDOUT)
+    killed = subprocess.Popen(_bundle_command(tmp_path / "killed", tiny_demo), cwd=REPO, env=env,
+                              stdout=logs["killed"], stderr=subprocess.STDOUT)
+    models = tmp_path / "killed" / "models"
+    checkpoint, seen, deadline = models / "checkpoint.pt", None, time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # poll the checkpoint's iteration, not a sleep
+            assert killed.poll() is None, "ended before the kill: " + (tmp_path / "killed.log").read_text()[-2000:]
+            stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+            if stamp is not None and stamp != seen:
+                seen = stamp
+                if torch.load(checkpoint, weights_only=True)["trainer"]["iteration"] >= 4:
+                    killed.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.01)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert killed.returncode == -signal.SIGKILL and not (models / "model.pt").exists()
+    iteration = torch.load(checkpoint, weights_only=True)["trainer"]["iteration"]
+    assert 4 <= iteration < 8
+    stale = models / ".semiseg-checkpoint.pt.k1ll3d.partial"  # what a kill during a write leaves
+    stale.write_bytes(b"half a checkpoint")
+
+    resumed = subprocess.run(_bundle_command(tmp_path / "killed", tiny_demo, resume="true"), cwd=REPO, env=env,
+                             stdout=logs["resumed"], stderr=subprocess.STDOUT, timeout=300)
+    assert whole.wait(timeout=300) == 0, (tmp_path / "whole.log").read_text()[-3000:]
+    assert resumed.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
+    for log in logs.values():
+        log.close()
+    assert not stale.exists()
+    assert "Restored all variables" in (tmp_path / "resumed.log").read_text()
+    for name in ("model.pt", "teacher.pt", "checkpoint.pt"):
+        assert _different(tmp_path / "whole" / "models" / name, models / name) == [], name
