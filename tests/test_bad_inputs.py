@@ -1,0 +1,599 @@
+"""The bad-input matrix: every bad input a run can be given, and what it must do about it.
+
+Each :class:`Row` makes one bad input and says what must happen: the exit status, and a one-line message (the first
+line of ``semiseg: error: ...``, see ``semiseg.errors``) that matches ``message`` and names the offending file or
+setting. In every row, the checkpoints and results that existed before are byte-identical afterwards.
+
+Kinds (``Row.kind``) and how they run:
+
+- ``data``: once, in-process, through the data layer (``load_datalist`` / ``validate_datalist``); "exit status" 1
+  means the error is one the command line reports in one line (``semiseg.errors.user_error``).
+- ``override``, ``checkpoint``: for every bundle (``tests/bundles/conftest.py::BUNDLES``), as a subprocess
+  ``python -m monai.bundle run`` from the repository.
+- ``inference``: for every bundle, as a subprocess running the bundle's *released zip* with MONAI alone (semiseg
+  blocked), as a user who downloaded it would.
+
+Adding a row: append a ``Row`` to ``ROWS`` (or ``BUNDLE_ROWS``) with a ``make(ws) -> Call`` that builds the bad input
+in the row's :class:`Workspace` and returns what to run (``ws.load(...)``, ``ws.train(...)``, ``ws.evaluate(...)``,
+``ws.infer(...)``, or a ``Call`` of your own), with ``names=`` the file or setting the message must name. A new kind
+that runs in-process goes into ``IN_PROCESS_KINDS``. Only rows whose behaviour can differ between bundles should be
+per-bundle kinds: each costs one subprocess (about 6 s) per bundle.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from semiseg.data import load_datalist, validate_datalist
+from semiseg.data.demo import make_demo_dataset
+from semiseg.errors import format_user_error, user_error
+from tests.bundles.conftest import BUNDLES, REPO, config
+from tests.bundles.test_package import package_bundles
+
+IN_PROCESS_KINDS = ("data",)
+"""Kinds that run once, in-process; every other kind runs per bundle as a subprocess."""
+
+SUBPROCESS_TIMEOUT_S = 240
+_SHAPE = (8, 8, 6)
+_PREFIX = "semiseg: error: "
+
+
+# ----------------------------------------------------------------------------------------------------- framework
+
+
+@dataclass
+class Call:
+    """What a row runs: an in-process function or a command line, and the file or setting its message must name.
+
+    Attributes:
+        names: text the one-line message must contain (a path, or ``--setting``).
+        fn: in-process call (``data`` rows).
+        argv: command line (subprocess rows).
+        cwd: working directory of the command.
+        env: extra environment variables.
+    """
+
+    names: str
+    fn: Callable[[], Any] | None = None
+    argv: list[str] | None = None
+    cwd: Path = REPO
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One bad input.
+
+    Attributes:
+        id: the pytest id.
+        kind: ``"data"`` (in-process, once), ``"override"``, ``"inference"``, ``"checkpoint"`` (per bundle).
+        make: builds the bad input in the workspace and returns the :class:`Call` to run.
+        message: regex searched in the first line of the error report.
+        status: the expected exit status.
+    """
+
+    id: str
+    kind: str
+    make: Callable[[Workspace], Call]
+    message: str
+    status: int = 1
+
+
+def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".npy"):
+        np.save(path, array)
+    else:
+        nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _image(seed: int, shape: tuple[int, ...] = _SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def _label(seed: int, shape: tuple[int, ...] = _SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 3, size=shape).astype(np.uint8)
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to a fraction of its bytes (a partial download)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+class Workspace:
+    """A row's folder: the bad input it builds, the pre-existing checkpoints and results that must survive.
+
+    Args:
+        root: the row's ``tmp_path``.
+        bundle: the bundle (per-bundle kinds) or None.
+        demo: a small demo data set (read-only; copy it with :attr:`data` before changing it).
+        released: the bundle's downloaded zip folder (inference rows run a copy of it with MONAI alone).
+    """
+
+    def __init__(self, root: Path, bundle: str | None, demo: Callable[[], Path], released: Callable[[], Path]):
+        self.root, self.bundle = root, bundle
+        self._demo, self._released = demo, released
+
+    # ------------------------------------------------------------------------------------------- inputs to break
+    @cached_property
+    def data(self) -> Path:
+        """A private copy of the 32^3 demo data set (MSD layout)."""
+        return Path(shutil.copytree(self._demo(), self.root / "data"))
+
+    def msd(self, n_train: int = 4, n_test: int = 1, unlabelled: int = 2, edit: Callable[[dict], Any] | None = None
+            ) -> Path:
+        """A tiny MSD data set (8x8x6 volumes); ``edit`` may change the ``dataset.json`` dict before it is written."""
+        root = self.root / "msd"
+        spec: dict[str, Any] = {"training": [], "test": [], "unlabeled": []}
+        for i in range(n_train):
+            _write(root / f"imagesTr/case_{i}.nii.gz", _image(i))
+            _write(root / f"labelsTr/case_{i}.nii.gz", _label(i))
+            spec["training"].append({"image": f"./imagesTr/case_{i}.nii.gz", "label": f"./labelsTr/case_{i}.nii.gz"})
+        for i in range(n_test):
+            _write(root / f"imagesTs/test_{i}.nii.gz", _image(100 + i))
+            _write(root / f"labelsTs/test_{i}.nii.gz", _label(100 + i))
+            spec["test"].append({"image": f"./imagesTs/test_{i}.nii.gz", "label": f"./labelsTs/test_{i}.nii.gz"})
+        for i in range(unlabelled):
+            _write(root / f"imagesUn/un_{i}.nii.gz", _image(200 + i))
+            spec["unlabeled"].append(f"./imagesUn/un_{i}.nii.gz")
+        if edit is not None:
+            edit(spec)
+        (root / "dataset.json").write_text(json.dumps(spec))
+        return root
+
+    def bpl(self, n_labelled: int = 3) -> Path:
+        """A tiny BPL data set (``labelled/{imgs,lbls}``, ``unlabelled/imgs``)."""
+        root = self.root / "bpl"
+        for i in range(n_labelled):
+            _write(root / f"labelled/imgs/case_{i}.nii.gz", _image(i))
+            _write(root / f"labelled/lbls/case_{i}.nii.gz", _label(i))
+        _write(root / "unlabelled/imgs/un_0.nii.gz", _image(50))
+        return root
+
+    def la_h5(self, ids: Sequence[str] = ("a", "b")) -> Path:
+        """A tiny SSL4MIS LA layout: ``train.list`` naming ``<id>/mri_norm2.h5`` cases."""
+        import h5py
+
+        root = self.root / "la"
+        root.mkdir(parents=True, exist_ok=True)
+        for i, case in enumerate(ids):
+            (root / case).mkdir()
+            with h5py.File(root / case / "mri_norm2.h5", "w") as f:
+                f.create_dataset("image", data=_image(i))
+                f.create_dataset("label", data=_label(i))
+        (root / "train.list").write_text("".join(f"{case}\n" for case in ids))
+        return root
+
+    def images(self, **arrays: np.ndarray) -> Path:
+        """A plain folder of NIfTI images ``<name>.nii.gz`` (inference input), next to a good demo image."""
+        folder = self.root / "images"
+        good = self.root / "data_src_image.nii.gz"
+        shutil.copy(self._demo() / "imagesTs" / "test_000.nii.gz", good)
+        image = nib.load(str(good))
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(good, folder / "good.nii.gz")
+        for name, array in arrays.items():
+            _write(folder / f"{name}.nii.gz", array, image.affine)
+        return folder
+
+    def demo_image(self) -> np.ndarray:
+        return np.asarray(nib.load(str(self._demo() / "imagesTs" / "test_000.nii.gz")).dataobj, dtype=np.float32)
+
+    # ------------------------------------------------------------------------- what must survive a failed run
+    @cached_property
+    def models(self) -> Path:
+        """Pre-existing ``model.pt`` (the bundle network's initial weights) and ``checkpoint.pt``."""
+        folder = self.root / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.bundle is not None:
+            shutil.copy(self._released() / "models" / "model.pt", folder / "model.pt")
+            torch.save({"model": torch.load(folder / "model.pt", weights_only=True)}, folder / "checkpoint.pt")
+        return folder
+
+    @cached_property
+    def results(self) -> Path:
+        """Pre-existing results: a segmentation, per-case metrics and a provenance record of an earlier run."""
+        folder = self.root / "results"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "provenance.json").write_text('{"status": "completed", "earlier": true}\n')
+        (folder / "test_000_metrics.json").write_text('{"dice": {"mean": 0.5}}\n')
+        (folder / "test_000_seg.nii.gz").write_bytes(b"an earlier segmentation")
+        return folder
+
+    def snapshot(self) -> dict[str, str]:
+        """sha256 of every pre-existing checkpoint and result file."""
+        files = [p for folder in (self.models, self.results) for p in sorted(folder.rglob("*")) if p.is_file()]
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    # ------------------------------------------------------------------------------------------------ calls
+    def load(self, dataset_dir: Path, names: str | Path | None = None, **kwargs: Any) -> Call:
+        """``load_datalist(dataset_dir, num_classes=3, **kwargs)``, in-process."""
+        options = {"num_classes": 3, **kwargs}
+        return Call(names=str(names if names is not None else dataset_dir),
+                    fn=lambda: load_datalist(dataset_dir, **options))
+
+    def validate(self, items: list[dict[str, Any]], names: str, **kwargs: Any) -> Call:
+        """``validate_datalist(items, num_classes=3, **kwargs)``, in-process."""
+        return Call(names=names, fn=lambda: validate_datalist(items, **{"num_classes": 3, **kwargs}))
+
+    def _cli(self, configs: Sequence[str], names: str, args: Sequence[str], run_id: tuple[str, ...] = ()) -> Call:
+        files = [config(str(self.bundle), c) for c in configs]
+        config_file = files[0] if len(files) == 1 else repr(files)
+        common = ["--dataset_dir", str(self.data), "--ckpt_dir", str(self.models), "--output_dir", str(self.results),
+                  "--num_labelled", "2", "--num_val", "1", "--roi_size", "[32, 32, 32]", "--num_workers", "0"]
+        argv = [sys.executable, "-m", "monai.bundle", "run", *run_id, "--config_file", config_file, *common, *args]
+        return Call(names=names, argv=argv)
+
+    def train(self, *args: str, names: str) -> Call:
+        """``python -m monai.bundle run training --config_file train.json`` on the demo copy, plus ``args``."""
+        return self._cli(["train.json"], names, args, ("training",))
+
+    def evaluate(self, *args: str, names: str) -> Call:
+        """``python -m monai.bundle run --config_file "['train.json','evaluate.json']"``, plus ``args``."""
+        return self._cli(["train.json", "evaluate.json"], names, args)
+
+    def infer(self, *args: str, names: str, dataset_dir: Path | None = None) -> Call:
+        """Inference from a copy of the bundle's released zip, with MONAI alone (``import semiseg`` fails)."""
+        bundle = self.root / "bundle"
+        if not bundle.exists():
+            shutil.copytree(self._released(), bundle, ignore=shutil.ignore_patterns("models", "eval"))
+        blocker = self.root / "block"
+        blocker.mkdir(exist_ok=True)
+        (blocker / "semiseg.py").write_text("raise ImportError('semiseg must not be needed for inference')\n")
+        data = dataset_dir if dataset_dir is not None else self.data
+        argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                "--dataset_dir", str(data), "--ckpt_dir", str(self.models), "--output_dir", str(self.results),
+                "--roi_size", "[32, 32, 32]", *args]
+        return Call(names=names, argv=argv, cwd=bundle, env={"PYTHONPATH": str(blocker)})
+
+
+# -------------------------------------------------------------------------------------------------------- rows
+
+
+def _edit_json(folder: Path, text: str) -> Path:
+    (folder / "dataset.json").write_text(text)
+    return folder
+
+
+def _replace(path: Path, array: np.ndarray) -> Path:
+    """Overwrite a volume file with ``array`` (same affine)."""
+    return _write(path, array)
+
+
+def _label_row(id_: str, array: Callable[[], np.ndarray], message: str) -> Row:
+    def make(ws: Workspace) -> Call:
+        root = ws.msd()
+        bad = _replace(root / "labelsTr/case_1.nii.gz", array())
+        return ws.load(root, names=bad)
+
+    return Row(id_, "data", make, message)
+
+
+def _image_row(id_: str, array: Callable[[], np.ndarray], message: str) -> Row:
+    def make(ws: Workspace) -> Call:
+        root = ws.msd()
+        bad = _replace(root / "imagesTr/case_1.nii.gz", array())
+        return ws.load(root, names=bad)
+
+    return Row(id_, "data", make, message)
+
+
+def _msd_entry(edit: Callable[[dict], Any], message: str, id_: str) -> Row:
+    def make(ws: Workspace) -> Call:
+        root = ws.msd(edit=edit)
+        return ws.load(root, names=root / "dataset.json")
+
+    return Row(id_, "data", make, message)
+
+
+def _missing_file(ws: Workspace, rel: str) -> Call:
+    root = ws.msd()
+    (root / rel).unlink()
+    return ws.load(root, names=root / rel)
+
+
+def _truncated(ws: Workspace, suffix: str) -> Call:
+    root = ws.msd(edit=lambda s: s["training"][1].update(image=f"./imagesTr/case_1{suffix}"))
+    path = _write(root / f"imagesTr/case_1{suffix}", _image(1))
+    return ws.load(root, names=truncate(path, 0.6))
+
+
+def _bpl_missing_label(ws: Workspace) -> Call:
+    root = ws.bpl()
+    (root / "labelled/lbls/case_2.nii.gz").unlink()
+    return ws.load(root, names=root / "labelled/imgs/case_2.nii.gz")
+
+
+def _bpl_orphan_label(ws: Workspace) -> Call:
+    root = ws.bpl()
+    (root / "labelled/imgs/case_2.nii.gz").unlink()
+    return ws.load(root, names=root / "labelled/lbls/case_2.nii.gz")
+
+
+def _bpl_no_label_folder(ws: Workspace) -> Call:
+    root = ws.bpl()
+    shutil.rmtree(root / "labelled/lbls")
+    return ws.load(root, names=root / "labelled/lbls")
+
+
+def _bpl_empty(ws: Workspace) -> Call:
+    root = ws.bpl(n_labelled=0)
+    (root / "labelled/imgs").mkdir(parents=True)
+    (root / "labelled/lbls").mkdir(parents=True)
+    return ws.load(root, names=root / "labelled/imgs")
+
+
+def _la_missing_case(ws: Workspace) -> Call:
+    root = ws.la_h5()
+    (root / "train.list").write_text("a\nb\nghost\n")
+    return ws.load(root, names="'ghost'")
+
+
+def _la_empty_list(ws: Workspace) -> Call:
+    root = ws.la_h5()
+    (root / "train.list").write_text("# no cases\n")
+    return ws.load(root, names=root / "train.list")
+
+
+def _h5_item(ws: Workspace, dataset: str | None) -> Call:
+    root = ws.la_h5()
+    path = f"{root / 'a' / 'mri_norm2.h5'}" + (f"::{dataset}" if dataset else "")
+    return ws.validate([{"image": path}], names=path, require_label=False)
+
+
+DATA_ROWS: list[Row] = [
+    Row("dataset-dir-missing", "data", lambda ws: ws.load(ws.root / "nowhere"),
+        r"data set directory \S+ does not exist"),
+    Row("dataset-dir-no-layout", "data", lambda ws: ws.load(ws.root),
+        r"cannot tell the layout of data set \S+: it has none of dataset\.json"),
+    Row("layout-unknown", "data", lambda ws: ws.load(ws.msd(), layout="nifti"), r"unknown layout 'nifti'"),
+    Row("dataset-json-invalid", "data", lambda ws: ws.load(_edit_json(ws.msd(), "{"), names="dataset.json"),
+        r"cannot read \S+dataset\.json: .*JSONDecodeError"),
+    Row("dataset-json-not-object", "data", lambda ws: ws.load(_edit_json(ws.msd(), "[]"), names="dataset.json"),
+        r"dataset\.json must hold a JSON object, got list"),
+    _msd_entry(lambda s: s.update(training={}), r"'training' must be a list, got dict", "training-not-a-list"),
+    _msd_entry(lambda s: s.update(training=[]), r"has no 'training' cases", "training-empty"),
+    _msd_entry(lambda s: s["training"][0].pop("label"), r"'training' entry 0 of \S+ \(image \S+\) has no 'label' path",
+               "training-entry-without-label"),
+    _msd_entry(lambda s: s["training"].append("./imagesTr/case_0.nii.gz"),
+               r"'training' entry 4 of \S+ must be a dict with 'image' and 'label' paths", "training-entry-not-a-dict"),
+    Row("image-missing", "data", lambda ws: _missing_file(ws, "imagesTr/case_1.nii.gz"), r"image \S+ does not exist"),
+    Row("label-missing", "data", lambda ws: _missing_file(ws, "labelsTr/case_1.nii.gz"), r"label \S+ does not exist"),
+    Row("image-unsupported-type", "data",
+        lambda ws: ws.load(ws.msd(edit=lambda s: s["training"][0].update(image="./imagesTr/case_0.png")),
+                           names="case_0.png"),
+        r"image \S+case_0\.png has an unsupported file type"),
+    Row("image-truncated-gz", "data", lambda ws: _truncated(ws, ".nii.gz"), r"truncated"),
+    Row("image-truncated-nii", "data", lambda ws: _truncated(ws, ".nii"), r"truncated"),
+    _image_row("image-2d", lambda: _image(1, (8, 8)), r"image \S+ has shape \(8, 8\), a 2-D array; expected a 3-D"),
+    _image_row("image-too-many-channels", lambda: _image(1, (8, 8, 6, 9)), r"has shape \(8, 8, 6, 9\), a 4-D array"),
+    _label_row("label-shape-mismatch", lambda: _label(1, (8, 8, 5)),
+               r"label \S+ has shape \(8, 8, 5\) but its image \S+ has spatial shape \(8, 8, 6\)"),
+    _label_row("label-value-out-of-range", lambda: np.full(_SHAPE, 5, np.uint8),
+               r"label \S+ contains values \[5\] outside the class range 0\.\.2"),
+    _label_row("label-negative", lambda: np.full(_SHAPE, -1, np.int16), r"label \S+ contains values \[-1\] outside"),
+    _label_row("label-non-integer", lambda: np.full(_SHAPE, 0.5, np.float32), r"label \S+ contains non-integer values"),
+    _label_row("label-nan", lambda: np.full(_SHAPE, np.nan, np.float32), r"label \S+ contains NaN or infinite values"),
+    _label_row("label-not-3d", lambda: _label(1, (8, 8, 6, 2)), r"label \S+ has shape \(8, 8, 6, 2\).*must be 3-D"),
+    Row("num-labelled-zero", "data", lambda ws: ws.load(ws.msd(), names="num_labelled", num_labelled=0),
+        r"num_labelled must be at least 1, got 0"),
+    Row("num-labelled-too-many", "data", lambda ws: ws.load(ws.msd(), names="num_labelled=10", num_labelled=10),
+        r"num_labelled=10 but data set \S+ \(layout 'msd'\) has only 4 labelled cases"),
+    Row("num-labelled-not-int", "data", lambda ws: ws.load(ws.msd(), names="num_labelled", num_labelled="2"),
+        r"num_labelled must be an integer, got '2' \(str\)"),
+    Row("labelled-ids-unknown", "data", lambda ws: ws.load(ws.msd(), names="['nope']", labelled_ids=["nope"]),
+        r"labelled_ids \['nope'\] are not labelled cases of data set"),
+    Row("labelled-ids-empty", "data", lambda ws: ws.load(ws.msd(), names="labelled_ids", labelled_ids=[]),
+        r"labelled_ids is empty"),
+    Row("labelled-ids-disagree", "data",
+        lambda ws: ws.load(ws.msd(), names="num_labelled=3", labelled_ids=["case_0"], num_labelled=3),
+        r"num_labelled=3 disagrees with labelled_ids, which select 1 cases"),
+    Row("unlabelled-required-none", "data",
+        lambda ws: ws.load(ws.msd(unlabelled=0), names="msd", num_labelled=4, require_unlabelled=True),
+        r"the method needs unlabelled data, but data set \S+ \(layout 'msd'\) has none"),
+    Row("num-classes-invalid", "data", lambda ws: ws.load(ws.msd(), names="num_classes", num_classes=0),
+        r"num_classes must be a positive integer, got 0"),
+    Row("bpl-no-label-folder", "data", _bpl_no_label_folder, r"\(layout 'bpl'\) has no folder \S+lbls"),
+    Row("bpl-image-without-label", "data", _bpl_missing_label, r"image \S+case_2\.nii\.gz has no label"),
+    Row("bpl-label-without-image", "data", _bpl_orphan_label, r"label \S+case_2\.nii\.gz has no image"),
+    Row("bpl-no-volumes", "data", _bpl_empty, r"\S+imgs holds no volumes"),
+    Row("la-h5-case-without-file", "data", _la_missing_case, r"case 'ghost' of \S+train\.list has no \.h5 file"),
+    Row("la-h5-empty-list", "data", _la_empty_list, r"\S+train\.list lists no cases"),
+    Row("h5-dataset-missing", "data", lambda ws: _h5_item(ws, "nope"),
+        r"has no dataset 'nope' \(it holds: image, label\)"),
+    Row("h5-path-without-dataset", "data", lambda ws: _h5_item(ws, None), r"is an HDF5 file but names no dataset"),
+    Row("item-without-image", "data", lambda ws: ws.validate([{"label": "x.nii.gz"}], names="item 0"),
+        r"item 0 of the data list has no 'image' path"),
+    Row("item-path-not-a-string", "data", lambda ws: ws.validate([{"image": 3}], names="item 0"),
+        r"item 0 of the data list has a image that is not a path: 3 \(int\)"),
+]
+
+
+def _nan_image(ws: Workspace) -> Call:
+    image = ws.demo_image()
+    image[0, 0, :7] = np.nan
+    folder = ws.images(nan=image)
+    return ws.infer(names=str(folder / "nan.nii.gz"), dataset_dir=folder)
+
+
+def _bad_image(ws: Workspace, kind: str) -> Call:
+    image = ws.demo_image()
+    array = {"2d": image[:, :, 0], "2ch": np.stack([image, image], -1)}.get(kind, image)
+    folder = ws.images(bad=array)
+    if kind == "truncated":
+        truncate(folder / "bad.nii.gz")
+    return ws.infer(names=str(folder / "bad.nii.gz"), dataset_dir=folder)
+
+
+def _empty_folder(ws: Workspace) -> Call:
+    folder = ws.root / "empty"
+    folder.mkdir()
+    return ws.infer(names=str(folder), dataset_dir=folder)
+
+
+def _missing_checkpoint(ws: Workspace, workflow: str) -> Call:
+    (ws.models / "model.pt").unlink()
+    call = (ws.infer if workflow == "inference" else ws.evaluate)(names=str(ws.models / "model.pt"))
+    return call
+
+
+BUNDLE_ROWS: list[Row] = [
+    # misspelt or out-of-range settings: fail before any work (no training over the existing checkpoints)
+    Row("train-unknown-setting", "override", lambda ws: ws.train("--max_iteration", "2", names="--max_iteration"),
+        r"unknown setting --max_iteration: .* has no id 'max_iteration'; did you mean --max_iterations\?"),
+    Row("train-zero-iterations", "override", lambda ws: ws.train("--max_iterations", "0", names="max_iterations"),
+        r"setting max_iterations must be an integer >= 1, got 0"),
+    Row("evaluate-unknown-setting", "override", lambda ws: ws.evaluate("--output_dri", "x", names="--output_dri"),
+        r"unknown setting --output_dri: .*; did you mean --output_dir\?"),
+    Row("inference-unknown-setting", "override",
+        lambda ws: ws.infer("--dataset_dri", "x", names="--dataset_dri"),
+        r"unknown setting --dataset_dri: configs/inference\.json has no id 'dataset_dri'; "
+        r"did you mean --dataset_dir\b"),
+    # inference inputs, from the released zip with MONAI alone
+    Row("inference-nan-voxels", "inference", _nan_image,
+        r"image \S+ has 7 NaN and 0 infinite voxels .* pass --nonfinite_voxels replace"),
+    Row("inference-2d-image", "inference", lambda ws: _bad_image(ws, "2d"), r"image \S+ has shape \(32, 32\), a 2-D"),
+    Row("inference-2-channel-image", "inference", lambda ws: _bad_image(ws, "2ch"),
+        r"image \S+ has 2 channels \(shape \(32, 32, 32, 2\)\) but the network takes in_channels = 1"),
+    Row("inference-truncated-image", "inference", lambda ws: _bad_image(ws, "truncated"),
+        r"cannot read image \S+: .* the file is truncated, corrupt or not NIfTI"),
+    Row("inference-empty-folder", "inference", _empty_folder,
+        r"no NIfTI images \(\.nii\.gz, \.nii\) in inference input folder \S+: it is empty"),
+    Row("inference-missing-folder", "inference",
+        lambda ws: ws.infer(names=str(ws.root / "nowhere"), dataset_dir=ws.root / "nowhere"),
+        r"inference input folder \S+ does not exist: pass --dataset_dir"),
+    # checkpoints
+    Row("inference-missing-checkpoint", "checkpoint", lambda ws: _missing_checkpoint(ws, "inference"),
+        r"checkpoint \S+model\.pt does not exist: train the bundle first, or pass --ckpt_dir"),
+    Row("evaluate-missing-checkpoint", "checkpoint", lambda ws: _missing_checkpoint(ws, "evaluate"),
+        r"checkpoint \S+model\.pt does not exist: train the bundle first, or pass --ckpt_dir"),
+]
+
+ROWS: list[Row] = [*DATA_ROWS, *BUNDLE_ROWS]
+
+MATRIX = [
+    pytest.param(row, None, id=row.id) if row.kind in IN_PROCESS_KINDS else pytest.param(row, b, id=f"{row.id}-{b}")
+    for row in ROWS
+    for b in ((None,) if row.kind in IN_PROCESS_KINDS else BUNDLES)
+]
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def _demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Path]]:
+    made: dict[str, Path] = {}
+
+    def get() -> Path:
+        if "demo" not in made:
+            out = tmp_path_factory.mktemp("bad_inputs_demo")
+            make_demo_dataset(out, seed=3, num_train=4, num_reference=2, num_test=2, shape=(32, 32, 32))
+            made["demo"] = out
+        return made["demo"]
+
+    yield get
+
+
+@pytest.fixture(scope="session")
+def _released(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The bundle as a user downloads it: packaged (with initial weights) and unpacked by ``monai.bundle.download``."""
+    from monai.bundle import download
+
+    made: dict[str, Path] = {}
+
+    def get(bundle: str) -> Path:
+        if bundle not in made:
+            out = tmp_path_factory.mktemp(f"released_{bundle}")
+            parser = ConfigParser()
+            parser.read_config(config(bundle, "inference.json"))
+            torch.save(parser.get_parsed_content("network_def").state_dict(), out / "model.pt")
+            zip_path = package_bundles.package_bundle(REPO / "bundles" / bundle, out / "dist", out / "model.pt")
+            download(name=bundle, url=zip_path.as_uri(), bundle_dir=str(out / "hub"))
+            made[bundle] = out / "hub" / bundle
+        return made[bundle]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------------- the matrix
+
+
+def _run(call: Call) -> tuple[int, str]:
+    """Exit status and error report of a row's call."""
+    if call.fn is not None:
+        try:
+            call.fn()
+        except Exception as exc:  # the row's error: is it one the command line reports in one line?
+            found = user_error(exc)
+            assert found is not None, f"{exc!r} is not reported as a semiseg user error (full traceback shown)"
+            return 1, format_user_error(found)
+        return 0, ""
+    assert call.argv is not None
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **call.env}
+    env.pop("SEMISEG_TRACEBACK", None)
+    try:
+        done = subprocess.run(call.argv, cwd=call.cwd, env=env, capture_output=True, text=True,
+                              timeout=SUBPROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {SUBPROCESS_TIMEOUT_S} s (the bad input was not refused): {call.argv}")
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(("row", "bundle"), MATRIX)
+def test_bad_input(row: Row, bundle: str | None, tmp_path: Path, _demo_dir: Callable[[], Path],
+                   _released: Callable[[str], Path]) -> None:
+    ws = Workspace(tmp_path, bundle, _demo_dir, lambda: _released(str(bundle)))
+    call = row.make(ws)
+    before = ws.snapshot()
+
+    status, report = _run(call)
+
+    assert status == row.status, f"exit status {status}, expected {row.status}; stderr:\n{report[-3000:]}"
+    if row.status != 0:
+        assert _PREFIX in report, f"no '{_PREFIX}' line; stderr:\n{report[-3000:]}"
+        head, _, tail = report.partition(_PREFIX)
+        assert "Traceback" not in head and "Traceback" not in tail, f"a traceback is shown:\n{report[-3000:]}"
+        assert not re.search(r"error", head, re.IGNORECASE), f"another error comes first:\n{head}"
+        line = tail.splitlines()[0]
+        assert re.search(row.message, line), f"{row.message!r} not in the message:\n{line}"
+        assert call.names in line, f"the message does not name {call.names!r}:\n{line}"
+        assert "SEMISEG_TRACEBACK=1" in line
+    assert ws.snapshot() == before, "pre-existing checkpoints or results changed"
+
+
+def test_matrix_covers_every_kind_and_bundle() -> None:
+    ids = [p.id for p in MATRIX]
+    assert len(ids) == len(set(ids)), "duplicate row ids"
+    assert {row.kind for row in ROWS} >= {"data", "override", "inference", "checkpoint"}
+    per_bundle = [row for row in ROWS if row.kind not in IN_PROCESS_KINDS]
+    assert len(MATRIX) == len(ROWS) - len(per_bundle) + len(per_bundle) * len(BUNDLES)
+
+
+def test_a_gzip_that_is_only_cut_short_is_still_a_gzip(tmp_path: Path) -> None:
+    """The truncation rows test what they claim: the cut file still starts as a gzip stream."""
+    path = _write(tmp_path / "x.nii.gz", _image(0, (32, 32, 32)))
+    truncate(path)
+    with gzip.open(path) as f, pytest.raises(EOFError):
+        f.read()
