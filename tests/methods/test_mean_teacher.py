@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -97,3 +99,44 @@ def test_supervised_method_ignores_unlabelled() -> None:
     loss, out = SupervisedMethod()(_Engine(student, None), labelled, None)
     assert SupervisedMethod.requires_unlabelled is False
     assert loss.requires_grad and SSLKeys.UNSUPERVISED_LOSS.value not in out
+
+
+def test_teacher_noise_is_relative_to_each_images_spread() -> None:
+    """0.1 image standard deviations, the reference's 0.1 on z-scored volumes, whatever the intensity scaling."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.cat([torch.randn(1, 1, 24, 24, 24, generator=gen),
+                        4.0 * torch.randn(1, 1, 24, 24, 24, generator=gen)])
+    torch.manual_seed(0)
+    noise = MeanTeacherMethod(noise_scale="image_std").sample_noise(images)
+    ratio = noise[1].std() / noise[0].std()
+    assert ratio.item() == pytest.approx(4.0, rel=0.05)
+    assert noise[1].abs().max().item() <= 0.2 * images[1].std().item() + 1e-6
+    torch.manual_seed(0)
+    absolute = MeanTeacherMethod(noise_scale="absolute").sample_noise(images)
+    assert (absolute[1].std() / absolute[0].std()).item() == pytest.approx(1.0, rel=0.05)
+    assert absolute.abs().max().item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="noise_scale"):
+        MeanTeacherMethod(noise_scale="std")
+
+
+def test_student_view_reaches_the_student_and_not_the_teacher() -> None:
+    """With a strong view the student sees the transformed unlabelled crops; the teacher sees the weak ones."""
+    seen: dict[str, torch.Tensor] = {}
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name, self.conv = name, torch.nn.Conv3d(1, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen[self.name] = x.detach().clone()
+            return self.conv(x)
+
+    engine = SimpleNamespace(network=Recorder("student"),
+                             state=SimpleNamespace(teacher=Recorder("teacher"), consistency_weight=0.1))
+    images, labels = torch.rand(1, 1, 8, 8, 8), torch.randint(0, 2, (1, 1, 8, 8, 8))
+    unlabelled = torch.rand(2, 1, 8, 8, 8)
+    method = MeanTeacherMethod(noise_std=0.0, student_view=lambda u: 1.0 - u)
+    method(engine, (images, labels), unlabelled)
+    assert torch.equal(seen["student"][1:], 1.0 - unlabelled)
+    assert torch.equal(seen["teacher"], unlabelled)

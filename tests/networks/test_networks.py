@@ -23,7 +23,8 @@ def _same_architecture(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_unet_defaults_match_the_bundles_network_def() -> None:
-    expected = UNet(3, 1, 3, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, norm="instance")
+    expected = UNet(3, 1, 3, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1, norm="instance",
+                    dropout=0.3)
     assert _same_architecture(unet(), expected)
     parser = ConfigParser()
     parser.read_config(config("mean_teacher", "train.json"))

@@ -7,6 +7,7 @@ Every module here imports only torch, MONAI and the standard library, and import
 from __future__ import annotations
 
 from .deep_supervision import DeepSupervisionUNet
+from .ssl4mis_vnet import VNet, vnet
 from .unet_factory import unet
 
-__all__ = ["DeepSupervisionUNet", "unet"]
+__all__ = ["DeepSupervisionUNet", "VNet", "unet", "vnet"]

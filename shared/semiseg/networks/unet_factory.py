@@ -20,7 +20,7 @@ def unet(
     strides: Sequence[int] = (2, 2, 2),
     num_res_units: int = 1,
     norm: str | tuple = "instance",
-    dropout: float = 0.0,
+    dropout: float = 0.3,
 ) -> UNet:
     """MONAI's 3-D ``UNet`` with the bundles' defaults (the ``network_def`` of ``configs/train.json``).
 
@@ -34,7 +34,8 @@ def unet(
         strides: downsampling stride between consecutive levels.
         num_res_units: residual units per block (0: plain convolutions).
         norm: MONAI norm name or ``(name, kwargs)``.
-        dropout: dropout probability inside the blocks.
+        dropout: dropout probability after every convolution (0.3, the reference `unet_3D`'s rate; MONAI applies it
+            in every block where the reference has two dropout layers), active in train mode only.
 
     Returns:
         The network, in training mode.
