@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+INFERENCE_CONFIGS = ("inference.json", "la.json")  # configs an inference run reads (la.json: merged with it)
 INCLUDE = ("configs", "docs", "LICENSE")
 PACKAGE = "semiseg"
 SCRIPTS = "scripts"
@@ -328,10 +329,18 @@ def package_bundle(bundle_dir: Path, out_dir: Path, weights: Path | None = None)
     if weights is not None and not weights.is_file():
         raise FileNotFoundError(f"weights {weights} not found: train the bundle first (make demo)")
     version = json.loads(meta_path.read_text())["version"]
-    inference_path = bundle_dir / "configs" / "inference.json"
-    original = json.loads(inference_path.read_text())
-    inference, modules = rewrite_inference_config(original)
-    ship_code = inference != original
+    rewritten: dict[Path, Any] = {}  # inference.json and the overlays merged with it (la.json) that need semiseg
+    modules: dict[str, Path] = {}
+    for config_name in INFERENCE_CONFIGS:
+        config_path = bundle_dir / "configs" / config_name
+        if not config_path.is_file():
+            continue
+        original = json.loads(config_path.read_text())
+        config, needed = rewrite_inference_config(original)
+        modules.update(needed)
+        if config != original:
+            rewritten[config_path] = config
+    ship_code = bool(rewritten)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{name}_v{version}.zip"
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -340,8 +349,8 @@ def package_bundle(bundle_dir: Path, out_dir: Path, weights: Path | None = None)
             files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
             for file in files:
                 arcname = f"{name}/{file.relative_to(bundle_dir).as_posix()}"
-                if file == inference_path and ship_code:
-                    zf.writestr(arcname, json.dumps(inference, indent=4) + "\n")
+                if file in rewritten:
+                    zf.writestr(arcname, json.dumps(rewritten[file], indent=4) + "\n")
                 else:
                     zf.write(file, arcname)
         if ship_code:

@@ -141,7 +141,7 @@ def test_write_then_check_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
     (bundle / "overlay.json").write_text((REPO / "bundles" / "mean_teacher" / "overlay.json").read_text())
     written = write_bundle(bundle)
     assert {p.relative_to(bundle).as_posix() for p in written} == {
-        *(f"configs/{c}" for c in CONFIGS), "configs/logging.conf", "LICENSE"}
+        *(f"configs/{c}" for c in CONFIGS), "configs/strong_views.json", "configs/logging.conf", "LICENSE"}
     assert write_bundle(bundle) == [] and check_bundles([bundle]) == []
     (bundle / "configs" / "train.json").write_text("{}\n")
     assert check_bundles([bundle])  # drift is reported
@@ -160,3 +160,11 @@ def test_template_and_overlays_are_formatted_like_the_generated_files() -> None:
             assert text.endswith("}\n") and "\t" not in text and json.loads(text), path
         else:
             assert text == dumps(json.loads(text)), f"{path} is not formatted by semiseg.bundle_config.dumps"
+
+
+def test_inference_gets_the_ids_its_network_references() -> None:
+    overlay = json.loads((REPO / "bundles" / "mean_teacher" / "overlay.json").read_text())
+    overlay["train"].update({"width": 8, "network_def#channels": ["@width", "$@width * 2"]})
+    inference = build_bundle("x", overlay)["inference.json"]
+    assert inference["width"] == 8 and list(inference).index("width") < list(inference).index("network_def")
+    assert inference["network_def"]["channels"] == ["@width", "$@width * 2"]

@@ -9,7 +9,8 @@ files, because MONAI Label and the model-zoo tools run ``train.json`` alone, but
 committed file differs from what the template and overlay give. See ``docs/architecture.md``, "Adding a method".
 
 ``overlay.json`` has one section per generated config (``train``, ``inference``, ``evaluate``,
-``multi_gpu_train``, ``metadata``), each written like a MONAI config overlay
+``multi_gpu_train``, ``metadata``, ``la``; ``strong_views`` is opt-in: its file is generated only for bundles whose
+overlay has the section), each written like a MONAI config overlay
 (``--config_file "['a.json','b.json']"``): ``"id#path": value`` replaces or adds an item, ``"+id#path": [...]``
 extends a list or updates a dict (MONAI's merge key). Two rules are the generator's own: ``"-id#path": null``
 removes an item (e.g. the unlabelled loader of the supervised baseline), and an override of a nested id must name
@@ -17,10 +18,13 @@ an id the template has, so a typo fails instead of adding a dead entry.
 
 Derived, never written twice:
 
-- ``inference.json`` takes ``network_def``, ``num_classes``, ``in_channels`` and ``roi_size`` from the generated
-  ``train.json`` (template items whose value is ``"<train.json>"``);
+- ``inference.json`` takes ``network_def``, ``num_classes``, ``in_channels``, ``roi_size`` and the sliding-window
+  settings from the generated ``train.json`` (template items whose value is ``"<train.json>"``), with every
+  top-level id they reference (e.g. ``"@dropout"`` in ``network_def``);
 - ``multi_gpu_train.json`` wraps every extra trainable part listed in ``train#trainer#networks`` in
   ``DistributedDataParallel``, like the main network;
+- a list item ``"<train.json#id>"`` in another template takes train.json's ``id`` (its items, for a list): the
+  multi-GPU and evaluate ``initialize`` run train.json's checks without repeating them;
 - ``bundle_root`` is the bundle's folder (``__BUNDLE__`` in the template).
 
 New top-level ids from an overlay are placed where a reader of ``train.json`` looks for them: tunables before
@@ -33,6 +37,7 @@ import argparse
 import copy
 import difflib
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -55,7 +60,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_DIR = REPO_ROOT / "templates" / "bundle"
 BUNDLES_DIR = REPO_ROOT / "bundles"
 OVERLAY_NAME = "overlay.json"
-CONFIGS = ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "metadata.json")
+CONFIGS = ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "metadata.json", "la.json")
+OPTIONAL_CONFIGS = ("strong_views.json",)  # generated only for bundles whose overlay has the section (opt-in)
 COPIED = ("configs/logging.conf", "LICENSE")
 GENERATED_KEY = "_generated_"
 FROM_TRAIN = "<train.json>"
@@ -213,6 +219,51 @@ def _find(value: Any, sentinel: str, path: str = "") -> list[str]:
     return []
 
 
+_REFERENCE = re.compile(r"@([A-Za-z_][\w]*)")
+
+
+def _take_from_train(base: dict, train: Mapping) -> dict:
+    """Fill the ``"<train.json>"`` items of ``base`` from the generated ``train.json``, with every top-level id
+    they reference (``network_def``'s ``"@dropout"``, say) that ``base`` lacks, placed before ``network_def``."""
+    parser = ConfigParser(dict(train))
+    for path in _find(base, FROM_TRAIN):
+        value = copy.deepcopy(parser[path])
+        pending = _REFERENCE.findall(json.dumps(value))
+        while pending:
+            ref = pending.pop()
+            if ref not in base and ref in train:
+                base = _insert_top_level(base, ref, copy.deepcopy(train[ref]))
+                pending += _REFERENCE.findall(json.dumps(train[ref]))
+        target = ConfigParser(base)
+        target[path] = value
+        base = target.get()
+    return base
+
+
+_SPLICE = re.compile(r"^<train\.json#(.+)>$")
+
+
+def _splice_from_train(value: Any, train: Mapping, where: str) -> Any:
+    """Replace list elements ``"<train.json#id>"`` by the generated ``train.json``'s ``id`` (its items, when a list):
+    ``multi_gpu_train.json`` and ``evaluate.json`` run train.json's ``initialize`` steps without repeating them."""
+    if isinstance(value, dict):
+        return {k: _splice_from_train(v, train, where) for k, v in value.items()}
+    if not isinstance(value, list):
+        return value
+    out: list = []
+    for item in value:
+        match = _SPLICE.match(item) if isinstance(item, str) else None
+        if match is None:
+            out.append(_splice_from_train(item, train, where))
+            continue
+        parser = ConfigParser(dict(train))
+        if match.group(1) not in parser:
+            raise BundleConfigError(f"{where}: {item!r} names an id that train.json does not define.")
+        taken = copy.deepcopy(parser[match.group(1)])
+        out.extend(taken if isinstance(taken, list) else [taken])
+    return out
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -255,23 +306,21 @@ def build_bundle(
     """
     template_dir = Path(template_dir)
     source = str(overlay_path or f"bundles/{name}/{OVERLAY_NAME}")
-    sections = {Path(c).stem for c in CONFIGS}
+    sections = {Path(c).stem for c in CONFIGS + OPTIONAL_CONFIGS}
     unknown = set(overlay) - sections
     if unknown:
         raise BundleConfigError(f"{source}: unknown section(s) {sorted(unknown)}; sections are {sorted(sections)}.")
     configs: dict[str, dict] = {}
-    for filename in CONFIGS:
+    for filename in CONFIGS + tuple(c for c in OPTIONAL_CONFIGS if Path(c).stem in overlay):
         stem = Path(filename).stem
         base = _replace_token(_load_json(template_dir / "configs" / filename), name)
         if filename == "inference.json":
-            train = ConfigParser(configs["train.json"])
-            for path in _find(base, FROM_TRAIN):
-                parser = ConfigParser(base)
-                parser[path] = copy.deepcopy(train[path])
-                base = parser.get()
+            base = _take_from_train(base, configs["train.json"])
         if filename == "multi_gpu_train.json":
             for key, value in reversed(_ddp_overrides(configs["train.json"]).items()):
                 base = {**base, key: value} if key in base else _insert_top_level(base, key, value, after="network")
+        if filename != "train.json":
+            base = _splice_from_train(base, configs["train.json"], f"templates/bundle/configs/{filename}")
         config = apply_overlay(base, overlay.get(stem, {}), where=f"{source} section {stem!r}")
         missing = _find(config, FROM_OVERLAY) + _find(config, FROM_TRAIN)
         if missing:

@@ -33,6 +33,7 @@ def bundle_overrides(tiny_demo: Path, out: Path, **extra) -> dict:
         "output_dir": str(out / "eval"),
         "ckpt_dir": str(out / "models"),
         "num_labelled": 2,
+        "num_val": 1,  # the tiny demo's 4 training cases: 2 labelled, 1 validation, 1 unlabelled
         "roi_size": [32, 32, 32],
         "num_workers": 0,
         "log_every": 1,

@@ -1,0 +1,133 @@
+"""Compare bundles on the demo data over several seeds, the way a user runs them, and write the results table.
+
+Every run is ``python -m monai.bundle run training`` followed by the evaluate workflow (student ``model.pt`` and,
+for bundles with an EMA teacher, ``teacher.pt``), with the bundles' own defaults except the overrides below, so
+the supervised baseline and the semi-supervised runs share network, crops and augmentations. A variant is a bundle
+plus optional config overlays merged after ``train.json`` (``mean_teacher+strong_views`` merges
+``configs/strong_views.json``). Runs go side by side, one thread each.
+
+    python scripts/compare_methods.py --seeds 0 1 2 --iterations 1500 \
+        --variants supervised mean_teacher mean_teacher+strong_views --out results/compare
+
+Writes ``<out>/compare.json`` (every run, every metric, wall times) and ``<out>/results.md`` (mean +- standard
+deviation over seeds, and every seed), which ``docs/results.md`` quotes with the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "shared"))
+
+from semiseg.bundle import run_bundle  # noqa: E402
+from semiseg.data.demo import make_demo_dataset  # noqa: E402
+from semiseg.reporting import read_metric_csvs  # noqa: E402
+
+CLASSES = ("organ", "lesion")
+
+
+def _configs(variant: str) -> tuple[str, list[str]]:
+    bundle, *extras = variant.split("+")
+    return bundle, ["train.json", *(f"{extra}.json" for extra in extras)]
+
+
+def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train one variant with one seed, evaluate its student (and teacher), return the metrics."""
+    bundle, configs = _configs(variant)
+    out = args.out / f"{variant}_seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"dataset_dir": args.data, "ckpt_dir": out / "models", "seed": seed, "num_labelled": args.budget,
+              "num_workers": 0, **dict(kv.split("=", 1) for kv in args.set)}
+    train = {**common, "output_dir": out / "train", "max_iterations": args.iterations, "log_every": 500,
+             "overwrite": "true"}
+    start = time.time()
+    run_bundle(bundle, "training", configs, train, log_file=out / "train.log")
+    train_s = time.time() - start
+    result: dict = {"variant": variant, "seed": seed, "train_s": round(train_s, 1)}
+    weights = {"student": out / "models" / "model.pt", "teacher": out / "models" / "teacher.pt"}
+    for role, path in weights.items():
+        if not path.is_file():
+            continue
+        eval_dir = out / f"eval_{role}"
+        run_bundle(bundle, None, [*configs, "evaluate.json"], {**common, "output_dir": eval_dir, "model_file": path},
+                   log_file=out / f"evaluate_{role}.log")
+        result[role] = read_metric_csvs(eval_dir, CLASSES)["mean"]
+    result["wall_s"] = round(time.time() - start, 1)
+    dice = result["student"]["dice"]
+    print(f"{variant:28s} seed={seed}: student dice {100 * dice['mean']:.1f} (organ {100 * dice['organ']:.1f}, "
+          f"lesion {100 * dice['lesion']:.1f})"
+          + (f", teacher {100 * result['teacher']['dice']['mean']:.1f}" if "teacher" in result else "")
+          + f" in {result['wall_s']:.0f} s", flush=True)
+    return result
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+
+
+def table(runs: list[dict], variants: list[str]) -> str:
+    """Markdown: mean ± sd over seeds per variant and role, then every run."""
+    lines = ["| variant | weights | seeds | Dice organ | Dice lesion | Dice mean | HD95 mean (mm) | ASD mean (mm) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for variant in variants:
+        for role in ("student", "teacher"):
+            rows = [r[role] for r in runs if r["variant"] == variant and role in r]
+            if not rows:
+                continue
+            cells = [_mean_sd([100 * m["dice"][c] for m in rows]) for c in (*CLASSES, "mean")]
+            cells += [_mean_sd([m[k]["mean"] for m in rows]) for k in ("hd95", "asd")]
+            lines.append(f"| {variant} | {role} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", "| variant | seed | student Dice mean | teacher Dice mean | train wall (s) |",
+              "|---|---|---|---|---|"]
+    for r in runs:
+        teacher = f"{100 * r['teacher']['dice']['mean']:.1f}" if "teacher" in r else "-"
+        lines.append(f"| {r['variant']} | {r['seed']} | {100 * r['student']['dice']['mean']:.1f} | {teacher} | "
+                     f"{r['train_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["supervised", "mean_teacher"],
+                        help="bundle[+overlay...], e.g. mean_teacher+strong_views")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=2, help="labelled budget (first k training cases)")
+    parser.add_argument("--iterations", type=int, default=1500)
+    parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="extra overrides for every run")
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "compare")
+    args = parser.parse_args()
+    for variant in args.variants:
+        bundle, configs = _configs(variant)
+        missing = [c for c in configs if not (REPO / "bundles" / bundle / "configs" / c).is_file()]
+        if missing:
+            parser.error(f"variant {variant!r}: bundles/{bundle}/configs has no {missing}")
+    if args.parallel > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    make_demo_dataset(args.data)
+    start = time.time()
+    jobs = [(v, s) for s in args.seeds for v in args.variants]
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        runs = list(pool.map(lambda job: one_run(*job, args), jobs))
+    summary = {"command": " ".join(["python", *sys.argv]), "iterations": args.iterations, "budget": args.budget,
+               "seeds": args.seeds, "variants": args.variants, "wall_s": round(time.time() - start, 1), "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "compare.json").write_text(json.dumps(summary, indent=2))
+    text = table(runs, args.variants)
+    (args.out / "results.md").write_text(f"`{summary['command']}` ({summary['wall_s']:.0f} s)\n\n{text}")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
