@@ -172,7 +172,17 @@ def structure_misses(y_pred: torch.Tensor, y: torch.Tensor, include_background: 
     return pred_present ^ label_present
 
 
-class MillimetreHausdorffDistanceMetric(HausdorffDistanceMetric):
+class _InMillimetres:
+    """Mixin for a MONAI surface-distance metric: per-item spacing in mm, the miss penalty, both-empty = 0."""
+
+    spacing: SpacingArg
+    _warned: bool
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return _in_mm(self, super()._compute_tensor, y_pred, y, kwargs.get("spacing", self.spacing))  # type: ignore[misc]
+
+
+class MillimetreHausdorffDistanceMetric(_InMillimetres, HausdorffDistanceMetric):
     """MONAI's (percentile) Hausdorff distance in mm, with the miss penalty and both-empty = 0 of this module.
 
     Euclidean distance only (MONAI ignores the spacing for chessboard/taxicab). Inputs as MONAI's: binarised one-hot
@@ -209,11 +219,8 @@ class MillimetreHausdorffDistanceMetric(HausdorffDistanceMetric):
         self.spacing = spacing
         self._warned = False  # about a file without voxel spacing, once per metric
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
-        return _in_mm(self, super()._compute_tensor, y_pred, y, kwargs.get("spacing", self.spacing))
 
-
-class MillimetreSurfaceDistanceMetric(SurfaceDistanceMetric):
+class MillimetreSurfaceDistanceMetric(_InMillimetres, SurfaceDistanceMetric):
     """MONAI's average surface distance (ASD) in mm, with the miss penalty and both-empty = 0 of this module.
 
     Euclidean distance only. Inputs and spacing as :class:`MillimetreHausdorffDistanceMetric`.
@@ -243,9 +250,6 @@ class MillimetreSurfaceDistanceMetric(SurfaceDistanceMetric):
         )
         self.spacing = spacing
         self._warned = False  # about a file without voxel spacing, once per metric
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
-        return _in_mm(self, super()._compute_tensor, y_pred, y, kwargs.get("spacing", self.spacing))
 
 
 class MissedStructureMetric(CumulativeIterationMetric):
