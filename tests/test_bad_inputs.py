@@ -362,6 +362,46 @@ def _h5_item(ws: Workspace, dataset: str | None) -> Call:
     return ws.validate([{"image": path}], names=path, require_label=False)
 
 
+def _damaged_gzip(ws: Workspace) -> Call:
+    """One byte flipped mid-stream: nibabel would load garbage without checking the gzip CRC."""
+    root = ws.msd()
+    path = root / "imagesTr/case_1.nii.gz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return ws.load(root, names=path)
+
+
+def _nan_voxels(ws: Workspace) -> Call:
+    root = ws.msd()
+    image = _image(1)
+    image[0, 0, 0] = np.nan
+    return ws.load(root, names=_write(root / "imagesTr/case_1.nii.gz", image))
+
+
+def _two_channels(ws: Workspace) -> Call:
+    root = ws.msd()
+    bad = _write(root / "imagesTr/case_1.nii.gz", np.stack([_image(1)] * 2, -1))
+    return ws.load(root, names=bad, in_channels=1)
+
+
+def _label_off_grid(ws: Workspace) -> Call:
+    root = ws.msd()
+    bad = _write(root / "labelsTr/case_1.nii.gz", _label(1), np.diag([2.0, 2.0, 2.0, 1.0]))
+    return ws.load(root, names=bad)
+
+
+def _shared_file(ws: Workspace) -> Call:
+    root = ws.msd(edit=lambda s: s["unlabeled"].append("./imagesTs/test_0.nii.gz"))
+    return ws.load(root, names=root / "imagesTs" / "test_0.nii.gz")
+
+
+def _existing_model(ws: Workspace) -> Call:
+    """A fresh training run where a trained model.pt already is: refused, nothing replaced."""
+    _ = ws.models  # model.pt and checkpoint.pt of an earlier run
+    return ws.train("--max_iterations", "2", names=str(ws.models / "model.pt"))
+
+
 DATA_ROWS: list[Row] = [
     Row("dataset-dir-missing", "data", lambda ws: ws.load(ws.root / "nowhere"),
         r"data set directory \S+ does not exist"),
@@ -423,6 +463,16 @@ DATA_ROWS: list[Row] = [
     Row("h5-dataset-missing", "data", lambda ws: _h5_item(ws, "nope"),
         r"has no dataset 'nope' \(it holds: image, label\)"),
     Row("h5-path-without-dataset", "data", lambda ws: _h5_item(ws, None), r"is an HDF5 file but names no dataset"),
+    # contents (read whole before training) and the four disjoint lists
+    Row("image-gzip-damaged", "data", _damaged_gzip, r"cannot read image \S+: the file is corrupt \(.*CRC check failed"),
+    Row("image-nan-voxels", "data", _nan_voxels, r"image \S+ has 1 NaN and 0 infinite voxels"),
+    Row("image-channels-vs-in-channels", "data", _two_channels,
+        r"image \S+ has 2 channels \(shape \(8, 8, 6, 2\)\) but the network takes in_channels=1"),
+    Row("label-off-the-image-grid", "data", _label_off_grid, r"label \S+ is not on its image's voxel grid"),
+    Row("lists-share-a-file", "data", _shared_file, r"file \S+test_0\.nii\.gz is in more than one list"),
+    Row("num-val-too-many", "data",
+        lambda ws: ws.load(ws.msd(), names="num_val=10", num_labelled=2, num_val=10),
+        r"num_labelled=2 labelled plus num_val=10 validation cases need 12 labelled cases"),
     Row("item-without-image", "data", lambda ws: ws.validate([{"label": "x.nii.gz"}], names="item 0"),
         r"item 0 of the data list has no 'image' path"),
     Row("item-path-not-a-string", "data", lambda ws: ws.validate([{"image": 3}], names="item 0"),
@@ -484,6 +534,8 @@ BUNDLE_ROWS: list[Row] = [
         lambda ws: ws.infer(names=str(ws.root / "nowhere"), dataset_dir=ws.root / "nowhere"),
         r"inference input folder \S+ does not exist: pass --dataset_dir"),
     # checkpoints
+    Row("train-over-an-existing-model", "checkpoint", _existing_model,
+        r"\S+model\.pt exists: this training run would replace those weights\. Pass --resume true .* --overwrite true"),
     Row("inference-missing-checkpoint", "checkpoint", lambda ws: _missing_checkpoint(ws, "inference"),
         r"checkpoint \S+model\.pt does not exist: train the bundle first, or pass --ckpt_dir"),
     Row("evaluate-missing-checkpoint", "checkpoint", lambda ws: _missing_checkpoint(ws, "evaluate"),
