@@ -464,7 +464,8 @@ DATA_ROWS: list[Row] = [
         r"has no dataset 'nope' \(it holds: image, label\)"),
     Row("h5-path-without-dataset", "data", lambda ws: _h5_item(ws, None), r"is an HDF5 file but names no dataset"),
     # contents (read whole before training) and the four disjoint lists
-    Row("image-gzip-damaged", "data", _damaged_gzip, r"cannot read image \S+: the file is corrupt \(.*CRC check failed"),
+    Row("image-gzip-damaged", "data", _damaged_gzip,
+        r"cannot read image \S+: the file is corrupt \(.*CRC check failed"),
     Row("image-nan-voxels", "data", _nan_voxels, r"image \S+ has 1 NaN and 0 infinite voxels"),
     Row("image-channels-vs-in-channels", "data", _two_channels,
         r"image \S+ has 2 channels \(shape \(8, 8, 6, 2\)\) but the network takes in_channels=1"),
