@@ -69,6 +69,16 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     return result
 
 
+def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
+    """The metrics of a finished run from its output folder (``--summarize-only``), or None if it did not finish."""
+    out = args.out / f"{variant}_seed{seed}"
+    result: dict = {"variant": variant, "seed": seed, "train_s": float("nan")}
+    for role in ("student", "teacher"):
+        if (out / f"eval_{role}" / "dice_raw.csv").is_file():
+            result[role] = read_metric_csvs(out / f"eval_{role}", CLASSES)["mean"]
+    return result if "student" in result else None
+
+
 def _mean_sd(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
@@ -90,8 +100,9 @@ def table(runs: list[dict], variants: list[str]) -> str:
               "|---|---|---|---|---|"]
     for r in runs:
         teacher = f"{100 * r['teacher']['dice']['mean']:.1f}" if "teacher" in r else "-"
-        lines.append(f"| {r['variant']} | {r['seed']} | {100 * r['student']['dice']['mean']:.1f} | {teacher} | "
-                     f"{r['train_s']:.0f} |")
+        wall = "-" if r["train_s"] != r["train_s"] else f"{r['train_s']:.0f}"  # NaN: not recorded
+        mean_dice = 100 * r['student']['dice']['mean']
+        lines.append(f"| {r['variant']} | {r['seed']} | {mean_dice:.1f} | {teacher} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,6 +117,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="extra overrides for every run")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "compare")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="train nothing: tabulate the runs already finished under --out")
     args = parser.parse_args()
     for variant in args.variants:
         bundle, configs = _configs(variant)
@@ -115,11 +128,16 @@ def main() -> None:
     if args.parallel > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    make_demo_dataset(args.data)
     start = time.time()
     jobs = [(v, s) for s in args.seeds for v in args.variants]
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        runs = list(pool.map(lambda job: one_run(*job, args), jobs))
+    if args.summarize_only:
+        runs = [r for r in (collect(*job, args) for job in jobs) if r is not None]
+    else:
+        make_demo_dataset(args.data)
+        with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+            runs = list(pool.map(lambda job: one_run(*job, args), jobs))
+    if not runs:
+        sys.exit(f"no finished run under {args.out}")
     summary = {"command": " ".join(["python", *sys.argv]), "iterations": args.iterations, "budget": args.budget,
                "seeds": args.seeds, "variants": args.variants, "wall_s": round(time.time() - start, 1), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
