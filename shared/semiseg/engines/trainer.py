@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semiseg.engines.outputs import image_filenames, loss_terms
+from semiseg.handlers.checkpoint import max_abs_total
 from semiseg.handlers.random_state import (
     get_random_state,
     get_transform_state,
@@ -596,14 +597,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         Otherwise raise ``FloatingPointError`` (``nan_policy="raise"``) or log and return False (``"skip"``).
         ``optimizers`` None checks the loss only (fp16 AMP, whose grad scaler skips non-finite steps itself).
         """
-        total = loss.detach().float().sum()
         params = [p for opt in optimizers or () for group in opt.param_groups for p in group["params"]]
-        by_device: dict[torch.device, list[torch.Tensor]] = {}
-        for param in params:
-            if param.grad is not None and param.grad.numel():
-                by_device.setdefault(param.grad.device, []).append(param.grad)
-        for grads in by_device.values():  # max-abs norms: inf or NaN exactly when an element is, never overflow
-            total = total + torch.stack(torch._foreach_norm(grads, math.inf)).float().sum().to(total.device)
+        grads = (p.grad for p in params if p.grad is not None)
+        total = loss.detach().float().sum() + max_abs_total(grads, loss.device)
         if bool(torch.isfinite(total)):
             return True
         # the failure path (syncs do not matter here): say what is not finite and name the batches' files

@@ -15,7 +15,7 @@ import glob
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,29 @@ def _tensors(obj: Any, path: str) -> list[tuple[str, torch.Tensor]]:
     return []
 
 
+def max_abs_total(tensors: Iterable[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """Sum over ``tensors`` of their max-abs values, as a float scalar on ``device``, without a host sync.
+
+    One fused ``torch._foreach_norm`` (inf norm) per device. The result is finite exactly when every element of
+    every tensor is (a max-abs norm never overflows a finite tensor), so one ``isfinite`` on it checks them all.
+
+    Args:
+        tensors: the tensors to check (empty tensors are skipped).
+        device: where the total lives (e.g. the loss's device, to add the loss to it).
+
+    Returns:
+        The total, 0 when there is nothing to check.
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.numel():
+            by_device.setdefault(tensor.device, []).append(tensor.detach())
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for group in by_device.values():
+        total = total + torch.stack(torch._foreach_norm(group, math.inf)).float().sum().to(total.device)
+    return total
+
+
 def non_finite_tensors(checkpoint: Any) -> list[str]:
     """The entries of a (nested) checkpoint whose floating-point tensors hold NaN or inf.
 
@@ -154,11 +177,7 @@ def non_finite_tensors(checkpoint: Any) -> list[str]:
         Paths such as ``"model['conv.weight']"``, empty when every tensor is finite.
     """
     tensors = [(path, t) for path, t in _tensors(checkpoint, "") if t.is_floating_point() and t.numel()]
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for _, tensor in tensors:
-        by_device.setdefault(tensor.device, []).append(tensor.detach())
-    if all(bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(ts, math.inf)]).sum()))
-           for ts in by_device.values()):
+    if bool(torch.isfinite(max_abs_total((t for _, t in tensors), "cpu"))):
         return []
     return [path for path, tensor in tensors if not bool(torch.isfinite(tensor).all())]
 
