@@ -60,15 +60,25 @@ class SemisegError(Exception):
         problems: the problem lines, in the order they were found.
     """
 
+    problems_header: str = "problems"
+    """Several problems are introduced as ``"<n> <problems_header>:"``."""
+    max_listed: int | None = None
+    """List at most this many problems in the message (all of them stay in :attr:`problems`); None lists all."""
+
     def __init__(self, problems: str | Sequence[str]) -> None:
         self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
         if not self.problems:
             raise ValueError(f"{type(self).__name__} needs at least one problem description.")
-        if len(self.problems) == 1:
-            message = self.problems[0]
-        else:
-            message = f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(message)
+        super().__init__(self._format(self.problems))
+
+    @classmethod
+    def _format(cls, problems: list[str]) -> str:
+        if len(problems) == 1:
+            return problems[0]
+        shown = problems if cls.max_listed is None else problems[: cls.max_listed]
+        more = len(problems) - len(shown)
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        return f"{len(problems)} {cls.problems_header}:\n" + "\n".join(f"  - {p}" for p in shown) + tail
 
 
 class SettingError(SemisegError, ValueError):
