@@ -30,7 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -43,7 +43,6 @@ import torch
 from monai.bundle import ConfigParser
 
 from semiseg.data import load_datalist, validate_datalist
-from semiseg.data.demo import make_demo_dataset
 from semiseg.errors import format_user_error, user_error
 from tests.bundles.conftest import BUNDLES, REPO, config
 from tests.bundles.test_package import package_bundles
@@ -556,17 +555,9 @@ MATRIX = [
 
 
 @pytest.fixture(scope="session")
-def _demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Path]]:
-    made: dict[str, Path] = {}
-
-    def get() -> Path:
-        if "demo" not in made:
-            out = tmp_path_factory.mktemp("bad_inputs_demo")
-            make_demo_dataset(out, seed=3, num_train=4, num_reference=2, num_test=2, shape=(32, 32, 32))
-            made["demo"] = out
-        return made["demo"]
-
-    yield get
+def _demo_dir(request: pytest.FixtureRequest) -> Callable[[], Path]:
+    """The session's ``tiny_demo`` (tests/conftest.py), generated only when a row first needs it."""
+    return lambda: request.getfixturevalue("tiny_demo")
 
 
 @pytest.fixture(scope="session")

@@ -19,17 +19,9 @@ import torch
 from ignite.engine import Engine
 from monai.bundle import ConfigParser, download, run
 
-from semiseg.data.demo import make_demo_dataset
 from semiseg.inference import ProvenanceWriter, file_sha256
 from tests.bundles.conftest import REPO, bundle_overrides, config
 from tests.bundles.test_package import package_bundles
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("provenance_demo")
-    make_demo_dataset(out, seed=3, num_train=4, num_reference=2, num_test=2, shape=(32, 32, 32))
-    return out
 
 
 def _weights(bundle: str, path: Path) -> Path:
@@ -70,19 +62,19 @@ def test_record_is_written_at_start_and_completion(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["provenance.json"]  # no temporary file left
 
 
-def test_evaluate_writes_provenance_next_to_its_metrics(demo: Path, tmp_path: Path) -> None:
+def test_evaluate_writes_provenance_next_to_its_metrics(tiny_demo: Path, tmp_path: Path) -> None:
     model = _weights("supervised", tmp_path / "models" / "model.pt")
     run(config_file=[config("supervised", "train.json"), config("supervised", "evaluate.json")],
-        **bundle_overrides(demo, tmp_path))
+        **bundle_overrides(tiny_demo, tmp_path))
     record = json.loads((tmp_path / "eval" / "provenance.json").read_text())
     assert record["workflow"] == "evaluate" and record["status"] == "completed" and record["cases"] == 2
     assert record["checkpoint"]["sha256"] == file_sha256(model)
     assert record["bundle"]["name"].startswith("Supervised") and record["bundle"]["version"]
-    assert record["settings"]["dataset_dir"] == str(demo)
+    assert record["settings"]["dataset_dir"] == str(tiny_demo)
     assert (tmp_path / "eval" / "test_000_metrics.json").is_file()
 
 
-def test_released_bundle_infers_a_plain_folder_with_monai_alone(demo: Path, tmp_path: Path) -> None:
+def test_released_bundle_infers_a_plain_folder_with_monai_alone(tiny_demo: Path, tmp_path: Path) -> None:
     """The zip's inference: a plain folder of NIfTI images, NaN voxels replaced on request, provenance.json with
     the command line's overrides and no semiseg installed."""
     model = _weights("supervised", tmp_path / "model.pt")
@@ -91,8 +83,8 @@ def test_released_bundle_infers_a_plain_folder_with_monai_alone(demo: Path, tmp_
     bundle = tmp_path / "hub" / "supervised"
     images = tmp_path / "images"
     images.mkdir()
-    shutil.copy(demo / "imagesTs" / "test_000.nii.gz", images / "a.nii.gz")
-    source = nib.load(str(demo / "imagesTs" / "test_001.nii.gz"))
+    shutil.copy(tiny_demo / "imagesTs" / "test_000.nii.gz", images / "a.nii.gz")
+    source = nib.load(str(tiny_demo / "imagesTs" / "test_001.nii.gz"))
     voxels = np.asarray(source.dataobj, dtype=np.float32)
     voxels[0, 0, :4] = np.nan
     nib.save(nib.Nifti1Image(voxels, source.affine), str(images / "b.nii.gz"))
