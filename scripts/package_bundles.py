@@ -1,16 +1,23 @@
 """Package each bundle as a MONAI bundle zip (``dist/<name>_v<version>.zip``) for ``monai.bundle.download``.
 
-The zip holds ``<name>/configs``, ``<name>/docs``, ``<name>/LICENSE``, when trained weights are given
-``<name>/models/model.pt``, and, when ``configs/inference.json`` refers to semiseg code (a ``semiseg.networks``
-network, say), that code under ``<name>/scripts/semiseg/``, with the zip's ``inference.json`` rewritten to
-``scripts.semiseg.<module>.<Name>``. So after
+The zip holds ``<name>/configs``, ``<name>/docs``, ``<name>/LICENSE``, the model-zoo metadata schema
+``<name>/schemas/meta_schema_<date>.json`` (so ``verify_metadata --filepath schemas/...`` needs no network), the
+trained weights ``<name>/models/model.pt``, and, when ``configs/inference.json`` refers to semiseg code (a
+``semiseg.networks`` network, say), that code under ``<name>/scripts/semiseg/``, with the zip's ``inference.json``
+rewritten to ``scripts.semiseg.<module>.<Name>``. So after
 
     python -c "from monai.bundle import download; \
         download(name='mean_teacher', url='file:///.../mean_teacher_v0.1.0.zip', bundle_dir='bundles')"
     cd bundles/mean_teacher && python -m monai.bundle run --config_file configs/inference.json --dataset_dir DATA
 
-inference runs with nothing but MONAI installed (``bundle_root`` resolves to ``.`` outside the repo, and
-``monai.bundle run`` puts the bundle root on ``sys.path``, which is how model-zoo bundles import their ``scripts``).
+inference runs with nothing but MONAI installed, i.e. ``pip install "monai[fire,ignite,nibabel]==1.6.1"`` plus
+torch (``bundle_root`` resolves to ``.`` outside the repo, and ``monai.bundle run`` puts the bundle root on
+``sys.path``, which is how model-zoo bundles import their ``scripts``).
+
+Weights: the command line ships ``<weights-from>/<name>/models/model.pt`` (default ``results/demo``, what ``make
+demo`` writes), else the bundle's own ``bundles/<name>/models/model.pt`` (a training run from the repository), and
+refuses to package a bundle without either unless ``--allow-no-weights`` is given; such a zip's inference stops in
+one line saying that there are no trained weights (``semiseg.bundle_checks.check_weights``, shipped in the zip).
 
 Which code ships: every ``semiseg.`` reference in ``inference.json`` (``_target_`` values and ``$`` expressions) is
 resolved to the module that defines the object (``obj.__module__``); that module and, transitively, the semiseg
@@ -35,9 +42,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from semiseg.bundle_config import bundle_dirs
+
 REPO = Path(__file__).resolve().parent.parent
 INFERENCE_CONFIGS = ("inference.json", "la.json")  # configs an inference run reads (la.json: merged with it)
 INCLUDE = ("configs", "docs", "LICENSE")
+SCHEMAS = REPO / "schemas"  # the model-zoo metadata schemas, shipped under <name>/schemas/
 PACKAGE = "semiseg"
 SCRIPTS = "scripts"
 ALLOWED_IMPORTS = frozenset({"torch", "monai", "numpy"})
@@ -305,19 +315,33 @@ def _scripts_files(name: str, modules: dict[str, Path]) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def package_bundle(bundle_dir: Path, out_dir: Path, weights: Path | None = None) -> Path:
+def schema_arcname(metadata: dict[str, Any]) -> str:
+    """Where a bundle zip ships its metadata schema, relative to the bundle root: ``schemas/<file name of the
+    metadata's "schema" URL>`` (the ``--filepath`` for ``verify_metadata``)."""
+    url = metadata.get("schema")
+    if not isinstance(url, str) or not url.rsplit("/", 1)[-1]:
+        raise ValueError(f"metadata 'schema' must be the URL of the model-zoo schema file, got {url!r}")
+    return f"schemas/{url.rsplit('/', 1)[-1]}"
+
+
+def package_bundle(
+    bundle_dir: Path, out_dir: Path, weights: Path | None = None, schema_dir: Path = SCHEMAS
+) -> Path:
     """Zip one bundle folder, with the semiseg code its ``inference.json`` needs under ``scripts/``.
 
     Args:
         bundle_dir: ``bundles/<name>``.
         out_dir: where the zip goes.
-        weights: optional ``model.pt`` to ship under ``models/``.
+        weights: ``model.pt`` to ship under ``models/`` (None: a zip without weights, whose inference stops with
+            "no trained weights").
+        schema_dir: where the metadata schema named by ``metadata.json``'s ``schema`` URL lies.
 
     Returns:
         The zip path.
 
     Raises:
-        FileNotFoundError: if the bundle lacks a required file or ``weights`` does not exist.
+        FileNotFoundError: if the bundle lacks a required file, ``weights`` does not exist or the schema is not in
+            ``schema_dir``.
         ValueError: if ``inference.json`` needs semiseg code that cannot be shipped (see
             :func:`module_dependencies`); nothing is written then.
     """
@@ -328,7 +352,12 @@ def package_bundle(bundle_dir: Path, out_dir: Path, weights: Path | None = None)
             raise FileNotFoundError(f"bundle {bundle_dir} is missing {item}")
     if weights is not None and not weights.is_file():
         raise FileNotFoundError(f"weights {weights} not found: train the bundle first (make demo)")
-    version = json.loads(meta_path.read_text())["version"]
+    metadata = json.loads(meta_path.read_text())
+    version = metadata["version"]
+    schema_name = schema_arcname(metadata)
+    schema = schema_dir / schema_name.split("/", 1)[1]
+    if not schema.is_file():
+        raise FileNotFoundError(f"metadata schema {schema} not found (the zip ships it for offline verify_metadata)")
     rewritten: dict[Path, Any] = {}  # inference.json and the overlays merged with it (la.json) that need semiseg
     modules: dict[str, Path] = {}
     for config_name in INFERENCE_CONFIGS:
@@ -356,6 +385,7 @@ def package_bundle(bundle_dir: Path, out_dir: Path, weights: Path | None = None)
         if ship_code:
             for arcname, text in _scripts_files(name, modules).items():
                 zf.writestr(arcname, text)
+        zf.write(schema, f"{name}/{schema_name}")
         if weights is not None:
             zf.write(weights, f"{name}/models/model.pt")
     return target
@@ -372,21 +402,45 @@ def shipped_modules(zip_path: Path) -> list[str]:
     )
 
 
-def main() -> None:
+def find_weights(name: str, weights_from: Path | None) -> Path | None:
+    """The trained ``model.pt`` to ship for bundle ``name``: ``<weights_from>/<name>/models/model.pt`` when
+    ``weights_from`` is given, else ``results/demo/<name>/models/model.pt`` (``make demo``) or
+    ``bundles/<name>/models/model.pt`` (trained in the repository); None when there is none."""
+    candidates = (
+        [weights_from / name / "models" / "model.pt"]
+        if weights_from is not None
+        else [REPO / "results" / "demo" / name / "models" / "model.pt", REPO / "bundles" / name / "models" / "model.pt"]
+    )
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundles", nargs="*", help="bundle names (default: all under bundles/)")
     parser.add_argument("--out", type=Path, default=REPO / "dist")
-    parser.add_argument("--weights-from", type=Path, default=REPO / "results" / "demo",
-                        help="folder with <bundle>/models/model.pt to ship (skipped when absent)")
-    args = parser.parse_args()
-    names = args.bundles or sorted(p.name for p in (REPO / "bundles").iterdir() if p.is_dir())
-    for name in names:
-        weights = args.weights_from / name / "models" / "model.pt"
+    parser.add_argument("--weights-from", type=Path, default=None,
+                        help="folder with <bundle>/models/model.pt to ship (default: results/demo, then the bundle's "
+                             "own models/)")
+    parser.add_argument("--allow-no-weights", action="store_true",
+                        help="package bundles without trained weights (their inference stops, saying so)")
+    args = parser.parse_args(argv)
+    names = args.bundles or [p.name for p in bundle_dirs(REPO / "bundles")]
+    found = {name: find_weights(name, args.weights_from) for name in names}
+    missing = [name for name, weights in found.items() if weights is None]
+    if missing and not args.allow_no_weights:
+        where = args.weights_from or "results/demo or bundles/<name>"
+        sys.exit(
+            f"package_bundles: no trained weights (models/model.pt under {where}) for {', '.join(missing)}: run "
+            "`make demo` or train the bundle (python -m monai.bundle run training --config_file "
+            "bundles/<name>/configs/train.json), or pass --allow-no-weights (make package "
+            "PACKAGE_ARGS=--allow-no-weights) to ship zips whose inference stops with 'no trained weights'"
+        )
+    for name, weights in found.items():
         try:
-            target = package_bundle(REPO / "bundles" / name, args.out, weights if weights.is_file() else None)
+            target = package_bundle(REPO / "bundles" / name, args.out, weights)
         except (FileNotFoundError, ValueError) as err:
             sys.exit(f"cannot package bundle {name!r}: {err}")
-        note = "with weights" if weights.is_file() else f"without weights: no {weights}; add models/model.pt to run it"
+        note = f"with weights {weights}" if weights is not None else "WITHOUT weights (--allow-no-weights)"
         code = shipped_modules(target)
         print(f"{target} ({note}{'; ships ' + ', '.join(code) if code else ''})")
 

@@ -28,6 +28,7 @@ import difflib
 import functools
 import inspect
 import math
+import os
 import pydoc
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ __all__ = [
     "check_overrides",
     "check_run",
     "check_settings",
+    "check_weights",
     "cli_run_args",
     "parse_run_args",
     "tracking_ids",
@@ -371,6 +373,10 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "consistency": _number(0.0),
     "consistency_rampup": _number(0.0),
     "nonfinite_voxels": ((lambda v: v in ("error", "replace")), "'error' or 'replace'"),
+    "progress": (
+        (lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and v.lower() in ("auto", "true", "false"))),
+        "true, false or auto (null: a bar only in a terminal)",
+    ),
 }
 """Each checked setting and ``(test, what it must be)``. A bundle's own tunables join by adding a rule here."""
 
@@ -398,6 +404,33 @@ def check_settings(**settings: Any) -> None:
             )
     if problems:
         raise SettingError(problems)
+
+
+def check_weights(model_file: str, workflow: str = "inference") -> bool:
+    """Fail in one line, before any input is read, when the weights a run loads are missing.
+
+    A released zip made with ``scripts/package_bundles.py --allow-no-weights``, or a bundle folder never trained,
+    has no ``models/model.pt``; without this check MONAI's ``CheckpointLoader`` fails deep in the run.
+
+    Args:
+        model_file: the checkpoint the run loads (``@model_file``).
+        workflow: what needs it, for the message.
+
+    Returns:
+        True (a value for the ``initialize`` list).
+
+    Raises:
+        SettingError: naming the missing file and how to get weights.
+    """
+    if isinstance(model_file, str) and os.path.isfile(model_file):
+        return True
+    path = os.path.abspath(str(model_file))
+    raise SettingError(
+        f"no trained weights: checkpoint {path} does not exist: train the bundle first, or pass --ckpt_dir with the "
+        f"folder holding {os.path.basename(path)} (or --model_file PATH); {workflow} needs trained weights. `make "
+        "demo` trains every bundle; a released zip ships models/model.pt unless it was packaged with "
+        "--allow-no-weights (nothing was run)."
+    )
 
 
 def check_run(**settings: Any) -> bool:

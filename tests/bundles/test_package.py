@@ -197,13 +197,27 @@ def test_refuses_unresolvable_and_package_references() -> None:
         package_bundles.rewrite_inference_config({"imports": ["$import semiseg.networks as nets"]})
 
 
-def test_cli_says_whether_weights_are_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_cli_ships_weights_or_refuses_without_an_explicit_flag(tmp_path: Path, capsys) -> None:
     weights_dir = tmp_path / "results"
-    argv = ["package_bundles.py", "mean_teacher", "--out", str(tmp_path / "dist"), "--weights-from", str(weights_dir)]
-    monkeypatch.setattr(sys, "argv", argv)
-    package_bundles.main()
-    assert "without weights: no " in capsys.readouterr().out
+    argv = ["mean_teacher", "--out", str(tmp_path / "dist"), "--weights-from", str(weights_dir)]
+    with pytest.raises(SystemExit) as info:
+        package_bundles.main(argv)
+    message = str(info.value.code)
+    assert message.startswith(f"package_bundles: no trained weights (models/model.pt under {weights_dir}) for "
+                              "mean_teacher: run `make demo` or train the bundle")
+    assert "--allow-no-weights" in message and "\n" not in message and not (tmp_path / "dist").exists()
+
+    package_bundles.main([*argv, "--allow-no-weights"])
+    assert "WITHOUT weights (--allow-no-weights)" in capsys.readouterr().out
+    zip_path = tmp_path / "dist" / "mean_teacher_v0.1.0.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+    assert "mean_teacher/models/model.pt" not in names
+    assert "mean_teacher/schemas/meta_schema_20240725.json" in names  # verify_metadata --filepath, offline
+
     (weights_dir / "mean_teacher" / "models").mkdir(parents=True)
     torch.save({}, weights_dir / "mean_teacher" / "models" / "model.pt")
-    package_bundles.main()
-    assert "(with weights" in capsys.readouterr().out
+    package_bundles.main(argv)
+    assert f"(with weights {weights_dir / 'mean_teacher' / 'models' / 'model.pt'}" in capsys.readouterr().out
+    with zipfile.ZipFile(zip_path) as zf:
+        assert "mean_teacher/models/model.pt" in zf.namelist()

@@ -5,6 +5,7 @@ zip with MONAI alone in tests/test_bad_inputs.py."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -47,11 +48,36 @@ def test_images_ts_of_a_data_set_folder_comes_first(tmp_path: Path) -> None:
     assert find_images(tmp_path) == [str(test)]
 
 
+def test_a_single_image_file(tmp_path: Path) -> None:
+    image = _save(tmp_path / "one.nii.gz", _volume())
+    _save(tmp_path / "other.nii.gz", _volume(1))
+    assert inference_images(image) == [{"image": str(image)}]
+
+
+def test_the_test_list_of_dataset_json_comes_before_images_ts(tmp_path: Path) -> None:
+    first = _save(tmp_path / "imagesTs" / "b.nii.gz", _volume())
+    second = _save(tmp_path / "elsewhere" / "a.nii.gz", _volume())
+    _save(tmp_path / "imagesTs" / "not_listed.nii.gz", _volume())
+    spec = {"test": ["./imagesTs/b.nii.gz", {"image": "elsewhere/a.nii.gz", "label": "x"}]}  # MSD strings or items
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    assert find_images(tmp_path) == [str(first), str(second)]  # the list's order, not the file names'
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))  # no test list: imagesTs/ as before
+    assert [Path(p).name for p in find_images(tmp_path)] == ["b.nii.gz", "not_listed.nii.gz"]
+    (tmp_path / "dataset.json").write_text(json.dumps({"test": ["./imagesTs/gone.nii.gz", 3]}))
+    with pytest.raises(DataValidationError) as info:
+        find_images(tmp_path)
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [
+        f"test[0] names {tmp_path / 'imagesTs' / 'gone.nii.gz'}, which does not exist",
+        "test[1] is 3, not an image path or {'image': path}",
+    ]
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
         (lambda root: root / "nowhere", r"inference input folder \S+nowhere does not exist: pass --dataset_dir"),
-        (lambda root: _save(root / "x.nii.gz", _volume()), r"inference input folder \S+x\.nii\.gz is a file"),
+        (lambda root: np.save(root / "x.npy", _volume()) or root / "x.npy",
+         r"inference input \S+x\.npy is a file, not a NIfTI image or a folder"),
         (lambda root: root, r"no NIfTI images \(\.nii\.gz, \.nii\) in inference input folder \S+: it is empty"),
         (lambda root: (root / "imagesTs").mkdir() or root,
          r"in inference input folder \S+imagesTs \(the imagesTs/ of \S+\): it is empty"),

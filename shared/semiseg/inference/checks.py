@@ -1,9 +1,10 @@
 """The images an ``inference.json`` run reads, found and checked before any output is written.
 
-``inference_images(@dataset_dir, ...)`` is the inference config's data list. It accepts a folder of NIfTI images,
-or a data set folder holding them under ``imagesTs/`` (the MSD/demo layout), and loads every image once to check
-it: readable and complete (a truncated ``.nii.gz`` is caught), a 3-D volume, or 4-D with as many channels as the
-network takes, and without NaN or infinite voxels. A missing or empty folder and every bad image fail with a
+``inference_images(@dataset_dir, ...)`` is the inference config's data list. It accepts a single NIfTI image, a
+folder of NIfTI images, or a data set folder: the images its ``dataset.json`` lists under ``test`` (MSD layout),
+else those under ``imagesTs/``; and loads every image once to check it: readable and complete (a truncated
+``.nii.gz`` is caught), a 3-D volume, or 4-D with as many channels as the network takes, and without NaN or
+infinite voxels. A missing or empty folder and every bad image fail with a
 :class:`~semiseg.data.errors.DataValidationError` naming the folder or file, the problem and what to do, instead of
 an all-background segmentation (NaN voxels), an exit status 0 with nothing written (no images), or a shape error
 deep in the network that names no file (2-D or 2-channel images). See docs/architecture.md §5.
@@ -21,6 +22,7 @@ in a bundle zip and runs with MONAI alone (``scripts/package_bundles.py``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Hashable, Mapping
@@ -40,36 +42,84 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii")
 
 NONFINITE_POLICIES = ("error", "replace")
 TEST_FOLDER = "imagesTs"
+DATASET_JSON = "dataset.json"
 
 
 def _natural_key(name: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _test_list(root: str) -> list[str] | None:
+    """The images ``<root>/dataset.json`` lists under ``test`` (MSD: paths, or ``{"image": path}`` items), resolved
+    against ``root``; None when there is no ``dataset.json`` or it has no ``test`` list."""
+    spec_path = os.path.join(root, DATASET_JSON)
+    if not os.path.isfile(spec_path):
+        return None
+    try:
+        with open(spec_path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataValidationError(f"cannot read {spec_path}: {_reason(err)}; fix the file or remove it") from err
+    entries = spec.get("test") if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        return None
+    paths: list[str] = []
+    problems: list[str] = []
+    for index, entry in enumerate(entries):
+        image = entry.get("image") if isinstance(entry, dict) else entry
+        if not isinstance(image, str):
+            problems.append(f"{spec_path}: test[{index}] is {entry!r}, not an image path or {{'image': path}}")
+            continue
+        path = os.path.normpath(os.path.join(root, image))
+        if not os.path.isfile(path):
+            problems.append(f"{spec_path}: test[{index}] names {path}, which does not exist")
+        paths.append(path)
+    if problems:
+        raise DataValidationError(problems)
+    return paths
+
+
 def find_images(dataset_dir: str | os.PathLike[str]) -> list[str]:
-    """The NIfTI images inference runs on: those in ``<dataset_dir>/imagesTs`` when it exists, else in
-    ``dataset_dir`` itself (hidden files skipped), in natural file-name order.
+    """The NIfTI images inference runs on.
+
+    In this order: ``dataset_dir`` itself when it is a ``.nii``/``.nii.gz`` file; the ``test`` list of
+    ``<dataset_dir>/dataset.json`` (MSD layout); the images in ``<dataset_dir>/imagesTs`` when it exists; else those
+    in ``dataset_dir`` itself (hidden files skipped), in natural file-name order.
 
     Args:
-        dataset_dir: a folder of images, or a data set folder with ``imagesTs/``.
+        dataset_dir: one image, a folder of images, or a data set folder (``dataset.json`` or ``imagesTs/``).
 
     Returns:
         Absolute paths.
 
     Raises:
-        DataValidationError: if the folder does not exist or holds no ``.nii``/``.nii.gz`` file.
+        DataValidationError: if the path does not exist, is a file that is not NIfTI, a ``dataset.json`` ``test``
+            entry names a missing file, or the folder holds no ``.nii``/``.nii.gz`` file.
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(dataset_dir)))
+    if os.path.isfile(root) and _is_image(root):
+        return [root]
     if not os.path.isdir(root):
-        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        if os.path.exists(root):
+            what = f"input {root} is a file, not a NIfTI image or a folder"
+        else:
+            what = f"input folder {root} does not exist"
         raise DataValidationError(
-            f"inference input folder {root} {what}: pass --dataset_dir with a folder of NIfTI images "
-            f"({', '.join(IMAGE_SUFFIXES)}), or a data set folder holding them under {TEST_FOLDER}/"
+            f"inference {what}: pass --dataset_dir with a NIfTI image ({', '.join(IMAGE_SUFFIXES)}), "
+            f"a folder of them, or a data set folder holding them under {TEST_FOLDER}/ or listing them in "
+            f"{DATASET_JSON} 'test'"
         )
+    listed = _test_list(root)
+    if listed is not None:
+        return listed
     test_dir = os.path.join(root, TEST_FOLDER)
     folder = test_dir if os.path.isdir(test_dir) else root
     names = sorted((n for n in os.listdir(folder) if not n.startswith(".")), key=_natural_key)
-    images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))]
+    images = [n for n in names if _is_image(n) and os.path.isfile(os.path.join(folder, n))]
     if images:
         return [os.path.join(folder, n) for n in images]
     looked = f"{folder}" if folder == root else f"{folder} (the {TEST_FOLDER}/ of {root})"
@@ -77,7 +127,7 @@ def find_images(dataset_dir: str | os.PathLike[str]) -> list[str]:
     found = f"it holds {len(others)} other files, e.g. {others[0]}" if others else "it is empty"
     raise DataValidationError(
         f"no NIfTI images ({', '.join(IMAGE_SUFFIXES)}) in inference input folder {looked}: {found}; pass "
-        "--dataset_dir with a folder of NIfTI images (nothing was written)"
+        "--dataset_dir with a NIfTI image or a folder of them (nothing was written)"
     )
 
 
@@ -132,7 +182,7 @@ def inference_images(
     """Find the inference images (:func:`find_images`) and check each one, before anything is written.
 
     Args:
-        dataset_dir: a folder of NIfTI images, or a data set folder holding them under ``imagesTs/``.
+        dataset_dir: a NIfTI image, a folder of them, or a data set folder (:func:`find_images`).
         in_channels: the channels the network takes; a 3-D image has one, a 4-D image ``shape[3]``.
         nonfinite: ``"error"`` (default) fails on NaN or infinite voxels; ``"replace"`` lets them through, for
             :class:`ReplaceNonFinited` to replace (an image without any finite voxel still fails).
