@@ -168,3 +168,36 @@ def test_inference_gets_the_ids_its_network_references() -> None:
     inference = build_bundle("x", overlay)["inference.json"]
     assert inference["width"] == 8 and list(inference).index("width") < list(inference).index("network_def")
     assert inference["network_def"]["channels"] == ["@width", "$@width * 2"]
+
+
+@pytest.mark.parametrize("bundle", [d.name for d in bundle_dirs()])
+def test_train_handlers_are_dicts_that_monai_label_can_read(bundle: str) -> None:
+    """MONAI Label's bundle train task calls ``.get("_target_")`` on every ``train#handlers`` entry."""
+    train = ConfigParser()
+    train.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    handlers = train["train#handlers"]
+    assert handlers and all(isinstance(h, dict) and h.get("_target_") for h in handlers), handlers
+
+
+def test_handler_references_keep_one_object_after_monai_label_inserts_its_loader() -> None:
+    overlay = json.loads((REPO / "bundles" / "mean_teacher" / "overlay.json").read_text())
+    train = build_bundle("x", overlay)["train.json"]
+    entries = train["train"]["handlers"][-3:]
+    assert entries == [{"_target_": "semiseg.bundle_config.handler_by_reference", "handler": f"@{name}"}
+                       for name in ("ema_teacher", "consistency_rampup_handler", "teacher_saver")]
+    index = len(train["train"]["handlers"]) - 3 + 1  # where the first reference is once the loader is in
+    parser = ConfigParser(train)
+    # what monailabel/tasks/train/bundle.py does before it runs: a CheckpointLoader at index 0 of the list
+    parser["train#handlers"].insert(0, {"_target_": "CheckpointLoader", "load_path": "x", "load_dict": {}})
+    parser.parse()
+    assert parser["train#handlers"][index] == entries[0]
+    teacher = parser.get_parsed_content("ema_teacher")
+    assert parser.get_parsed_content(f"train#handlers#{index}") is teacher
+    assert parser.get_parsed_content("checkpoint#objects#teacher") is teacher
+
+
+def test_a_train_handlers_entry_that_is_not_a_handler_fails_with_its_index() -> None:
+    overlay = json.loads((REPO / "bundles" / "mean_teacher" / "overlay.json").read_text())
+    overlay["train"]["+train#handlers"] = ["@ema_teacher", 3]
+    with pytest.raises(BundleConfigError, match=r"train#handlers#\d+ must be a handler definition .* got 3"):
+        build_bundle("x", overlay)

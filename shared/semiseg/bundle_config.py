@@ -26,6 +26,10 @@ Derived, never written twice:
 - a list item ``"<train.json#id>"`` in another template takes train.json's ``id`` (its items, for a list): the
   multi-GPU and evaluate ``initialize`` run train.json's checks without repeating them;
 - ``bundle_root`` is the bundle's folder (``__BUNDLE__`` in the template).
+- a reference in ``train#handlers`` (``"@ema_teacher"``, as overlays write it) becomes
+  ``{"_target_": "semiseg.bundle_config.handler_by_reference", "handler": "@ema_teacher"}``: the same object,
+  but an entry MONAI Label's bundle train task can read (it calls ``.get("_target_")`` on every entry and inserts
+  its ``CheckpointLoader`` at index 0, so the top-level id stays the definition and the list only refers to it).
 
 New top-level ids from an overlay are placed where a reader of ``train.json`` looks for them: tunables before
 ``network_def``, component definitions (dicts) before ``train`` (or ``preprocessing`` in ``inference.json``).
@@ -53,6 +57,7 @@ __all__ = [
     "build_bundle",
     "check_bundles",
     "dumps",
+    "handler_by_reference",
     "write_bundle",
 ]
 
@@ -68,6 +73,8 @@ FROM_TRAIN = "<train.json>"
 FROM_OVERLAY = "<overlay>"
 BUNDLE_TOKEN = "__BUNDLE__"
 _DDP = "torch.nn.parallel.DistributedDataParallel"
+HANDLER_LISTS = ("train#handlers",)  # lists MONAI Label reads entry by entry as dicts
+_BY_REFERENCE = "semiseg.bundle_config.handler_by_reference"
 _WIDTH = 120
 
 
@@ -264,6 +271,40 @@ def _splice_from_train(value: Any, train: Mapping, where: str) -> Any:
     return out
 
 
+def handler_by_reference(handler: Any) -> Any:
+    """Return ``handler`` unchanged: the ``_target_`` of a generated ``train#handlers`` entry that refers to a
+    handler defined under its own top-level id (see the module docstring).
+
+    Args:
+        handler: the handler object the entry's ``"handler": "@id"`` resolves to.
+
+    Returns:
+        The same object, so ``checkpoint#objects`` and the method see the instance the trainer runs.
+    """
+    return handler
+
+
+def _handlers_by_reference(config: dict, where: str) -> dict:
+    """Wrap each string entry (``"@id"`` or ``"$expr"``) of the :data:`HANDLER_LISTS` in a
+    :func:`handler_by_reference` component, in place."""
+    parser = ConfigParser(config)
+    for list_id in HANDLER_LISTS:
+        if list_id not in parser:
+            continue
+        handlers = parser[list_id]
+        if not isinstance(handlers, list):
+            raise BundleConfigError(f"{where}: {list_id!r} must be a list of handlers, got {type(handlers).__name__}.")
+        for i, item in enumerate(handlers):
+            if isinstance(item, str):
+                handlers[i] = {"_target_": _BY_REFERENCE, "handler": item}
+            elif not isinstance(item, dict):
+                raise BundleConfigError(
+                    f"{where}: {list_id}#{i} must be a handler definition (a dict with _target_) or a reference "
+                    f"(\"@id\"), got {item!r}."
+                )
+    return config
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -322,6 +363,8 @@ def build_bundle(
         if filename != "train.json":
             base = _splice_from_train(base, configs["train.json"], f"templates/bundle/configs/{filename}")
         config = apply_overlay(base, overlay.get(stem, {}), where=f"{source} section {stem!r}")
+        if filename == "train.json":
+            config = _handlers_by_reference(config, f"{source} section {stem!r}")
         missing = _find(config, FROM_OVERLAY) + _find(config, FROM_TRAIN)
         if missing:
             raise BundleConfigError(f"{source} section {stem!r} must set {missing} (the template leaves them open).")
