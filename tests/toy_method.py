@@ -98,17 +98,13 @@ class ToyCriticMethod(SSLMethod):
     def compute(
         self, engine: Engine, labelled: LabelledBatch, unlabelled: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        images, labels = labelled
         assert unlabelled is not None  # checked in __call__
-        logits_l, logits_u = self.student_forward(engine.network, images, unlabelled)
-        supervised = self.supervised_loss(logits_l, labels)
+        logits_l, logits_u, supervised = self.supervised_forward(engine, labelled, unlabelled)
         scores = self.network(engine, "critic")(torch.softmax(logits_u, dim=1))
         fooling = self.bce(scores.float(), torch.ones_like(scores, dtype=torch.float32))
-        weight = float(self.state(engine, CRITIC_WEIGHT))
-        out = self.outputs(logits_l, supervised, fooling)
-        out[CRITIC_WEIGHT] = weight
+        loss, out = self.weighted_loss(engine, logits_l, supervised, fooling, weight_key=CRITIC_WEIGHT)
         out[PRED_UNLABELLED] = logits_u
-        return supervised + weight * fooling, out
+        return loss, out
 
     def second_phase(
         self, engine: Engine, labelled: LabelledBatch, unlabelled: torch.Tensor | None, outputs: dict[str, Any]

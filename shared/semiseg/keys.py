@@ -26,6 +26,8 @@ class SSLKeys(str, Enum):
     ``engine.state`` attributes (set by handlers, read by methods):
         TEACHER: the EMA teacher network (:class:`semiseg.handlers.EMATeacher`).
         CONSISTENCY_WEIGHT: the current consistency weight (:class:`semiseg.handlers.ConsistencyRampUp`).
+        UNCERTAINTY_THRESHOLD: UA-MT's uncertainty threshold as a fraction of the maximum entropy ``ln C``
+            (:class:`semiseg.handlers.RampScheduler`, read by :class:`semiseg.methods.UAMTMethod`).
 
     ``engine.state.output`` entries (written by the trainer from the method's outputs):
         SUPERVISED_LOSS, UNSUPERVISED_LOSS: the two loss terms, detached, for logging.
@@ -33,6 +35,7 @@ class SSLKeys(str, Enum):
 
     TEACHER = "teacher"
     CONSISTENCY_WEIGHT = "consistency_weight"
+    UNCERTAINTY_THRESHOLD = "uncertainty_threshold"
     SUPERVISED_LOSS = "sup_loss"
     UNSUPERVISED_LOSS = "unsup_loss"
 

@@ -45,28 +45,30 @@ def test_training_evaluate_inference(bundle: str, tiny_demo: Path, tmp_path: Pat
         assert states_equal(dict(restored[key].state_dict()), dict(checkpoint[key])), f"{key} not restored exactly"
 
     run(config_file=[config(bundle, "train.json"), config(bundle, "evaluate.json")], **common)
+    # foreground classes as the bundle names them: organ, lesion (softmax bundles) or one class (a binary bundle)
+    names = json.loads(Path(config(bundle, "train.json")).read_text())["class_names"][1:]
     with open(tmp_path / "eval" / "dice_raw.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and {"class0", "class1"} <= set(rows[0])
+    assert len(rows) == 2 and {f"class{i}" for i in range(len(names))} <= set(rows[0])
     for metric in ("dice", "hd95", "asd", "misses"):
         assert (tmp_path / "eval" / f"{metric}_summary.csv").is_file()
     case = json.loads((tmp_path / "eval" / "test_000_metrics.json").read_text())
     assert case["image"].endswith("test_000.nii.gz")
     assert set(case) == {"image", "spacing_mm", "miss_penalty_mm", "units", "dice", "hd95", "asd", "misses"}
-    assert set(case["dice"]) == {"organ", "lesion", "mean"}
-    assert case["dice"]["organ"] == pytest.approx(float(rows[0]["class0"]), abs=1e-4)
+    assert set(case["dice"]) == {*names, "mean"}
+    assert case["dice"][names[0]] == pytest.approx(float(rows[0]["class0"]), abs=1e-4)
     # distances in mm from the image's own spacing; a missed or spurious class scores the image diagonal, never null
     assert case["units"] == {"dice": "fraction", "hd95": "mm", "asd": "mm", "misses": "count"}
     assert case["spacing_mm"] == pytest.approx([SPACING_MM] * 3)
     assert case["miss_penalty_mm"] == pytest.approx(SPACING_MM * 32 * 3**0.5)
-    assert case["misses"]["total"] == case["misses"]["organ"] + case["misses"]["lesion"]
-    for name in ("organ", "lesion"):
+    assert case["misses"]["total"] == sum(case["misses"][name] for name in names)
+    for name in names:
         for metric in ("hd95", "asd"):
             value = case[metric][name]
             assert 0.0 <= value <= case["miss_penalty_mm"]
             assert (value == pytest.approx(case["miss_penalty_mm"])) == bool(case["misses"][name]), (metric, name)
-    summary = read_metric_csvs(tmp_path / "eval", ("organ", "lesion"))
-    assert summary["units"]["hd95"] == "mm" and set(summary["misses"]) == {"organ", "lesion", "total"}
+    summary = read_metric_csvs(tmp_path / "eval", tuple(names))
+    assert summary["units"]["hd95"] == "mm" and set(summary["misses"]) == {*names, "total"}
 
     infer_out = tmp_path / "infer"
     run(config_file=config(bundle, "inference.json"), dataset_dir=str(tiny_demo), ckpt_dir=str(models),
@@ -75,7 +77,7 @@ def test_training_evaluate_inference(bundle: str, tiny_demo: Path, tmp_path: Pat
     entropy = nib.load(infer_out / "test_000_entropy.nii.gz").get_fdata()
     image = nib.load(tiny_demo / "imagesTs" / "test_000.nii.gz")
     assert seg.shape == image.shape and np.allclose(seg.affine, image.affine)
-    assert set(np.unique(seg.get_fdata())) <= {0, 1, 2}
+    assert set(np.unique(seg.get_fdata())) <= set(range(len(names) + 1))
     assert 0.0 <= entropy.min() and entropy.max() <= 1.0 + 1e-5
 
     if (models / "teacher.pt").is_file():  # what users would deploy: the EMA teacher is evaluated and inferred too
@@ -161,7 +163,7 @@ def test_train_config_has_the_ids_tools_look_up(bundle: str) -> None:
                 "train#dataset#data", "validate#dataset#data", "train#trainer#max_epochs", "validate#evaluator",
                 "dataset_dir", "bundle_root", "ckpt_dir"):
         assert key in parser, key
-    if bundle != "supervised":
+    if bundle not in ("supervised", "layer_ensembles"):  # the supervised-only bundles have no unlabelled list
         assert "train#unlabelled#dataset#data" in parser
 
 

@@ -7,11 +7,15 @@ from .case_metrics import CaseMetricsWriter
 from .checkpoint import AtomicCheckpointSaver, clean_stale_temp_files, prepare_checkpoint_dir, setting_flag
 from .distance_metrics import HausdorffDistanceMM, MissedStructures, SurfaceDistanceMM
 from .ema_teacher import BUFFER_POLICIES, EMATeacher
+from .progress import TerminalProgressBar
 from .rampup import RAMPS, ConsistencyRampUp, RampScheduler
 from .random_state import RandomStates
+from .threshold_trajectory import ThresholdTrajectory, plot_threshold_trajectory
+from .tracking import track_loss_terms
 
 __all__ = [
     "AtomicCheckpointSaver", "BudgetLrScheduleHandler", "RandomStates", "clean_stale_temp_files",
     "prepare_checkpoint_dir", "run_budget", "setting_flag",
     "HausdorffDistanceMM", "MissedStructures", "SurfaceDistanceMM",
-    "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS"]
+    "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS",
+    "TerminalProgressBar", "track_loss_terms", "ThresholdTrajectory", "plot_threshold_trajectory"]

@@ -225,6 +225,39 @@ class SSLMethod:
         logits = network(torch.cat([images, unlabelled], dim=0))
         return logits[: images.shape[0]], logits[images.shape[0] :]
 
+    def supervised_forward(
+        self, engine: Engine, labelled: LabelledBatch, unlabelled: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The common first step: the student on both batches in one pass (:meth:`student_forward`) and the
+        supervised loss on the labelled logits.
+
+        Returns:
+            ``(logits_labelled, logits_unlabelled, supervised_loss)``.
+        """
+        images, labels = labelled
+        logits_l, logits_u = self.student_forward(engine.network, images, unlabelled)
+        return logits_l, logits_u, self.supervised_loss(logits_l, labels)
+
+    def weighted_loss(
+        self,
+        engine: Engine,
+        logits: torch.Tensor,
+        supervised: torch.Tensor,
+        unsupervised: torch.Tensor,
+        weight_key: SSLKeys | str = SSLKeys.CONSISTENCY_WEIGHT,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The common last step: ``supervised + w(t) * unsupervised``, ``w(t)`` read from ``engine.state``
+        (a ramp handler's value, :data:`SSLKeys.CONSISTENCY_WEIGHT` by default), and the :meth:`outputs` dict with
+        ``w(t)`` logged under its state name.
+
+        Returns:
+            ``(loss, outputs)``.
+        """
+        weight = float(self.state(engine, weight_key))
+        out = self.outputs(logits, supervised, unsupervised)
+        out[str(weight_key)] = torch.tensor(weight)
+        return supervised + weight * unsupervised, out
+
     @staticmethod
     def outputs(logits: torch.Tensor, supervised: torch.Tensor, unsupervised: torch.Tensor | None = None) -> dict:
         """The ``outputs`` dict: labelled logits and the detached loss terms."""

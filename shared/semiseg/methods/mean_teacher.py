@@ -126,7 +126,4 @@ class MeanTeacherMethod(SSLMethod):
         supervised = self.supervised_loss(logits_l, labels)
         teacher_logits = self.teacher_forward(engine, unlabelled)
         unsupervised = self.consistency(engine, logits_u, teacher_logits, unlabelled)
-        weight = float(self.state(engine, SSLKeys.CONSISTENCY_WEIGHT))
-        out = self.outputs(logits_l, supervised, unsupervised)
-        out[SSLKeys.CONSISTENCY_WEIGHT.value] = torch.tensor(weight)
-        return supervised + weight * unsupervised, out
+        return self.weighted_loss(engine, logits_l, supervised, unsupervised)

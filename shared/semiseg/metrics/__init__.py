@@ -12,12 +12,13 @@ from .distance import (
     structure_misses,
     voxel_spacing_mm,
 )
-from .layer_agreement import aula, layer_agreement
+from .layer_agreement import area_under_agreement, aula, layer_agreement
 
 __all__ = [
     "MillimetreHausdorffDistanceMetric",
     "MillimetreSurfaceDistanceMetric",
     "MissedStructureMetric",
+    "area_under_agreement",
     "aula",
     "batch_spacing_mm",
     "layer_agreement",
