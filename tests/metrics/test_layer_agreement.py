@@ -76,3 +76,14 @@ def test_errors_name_the_bad_value() -> None:
         layer_agreement([torch.zeros(1, 2, 4), torch.zeros(1, 2, 5)])
     with pytest.raises(ValueError, match=r"\(B, C, \*spatial\), got shape \(2, 4\)"):
         layer_agreement([torch.zeros(2, 4), torch.zeros(2, 4)])
+
+
+def test_area_under_agreement_hand_computed_and_errors() -> None:
+    from semiseg.metrics import area_under_agreement
+
+    # curve (1, 0.5, 0): trapezoids (1 + 0.5)/2 + (0.5 + 0)/2 = 1 over 2 intervals -> 0.5; one point -> itself
+    torch.testing.assert_close(area_under_agreement(torch.tensor([[1.0, 0.5, 0.0], [1.0, 1.0, 1.0]])),
+                               torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(area_under_agreement(torch.tensor([[0.25]])), torch.tensor([0.25]))
+    with pytest.raises(ValueError, match=r"\(B, n >= 1\), got shape \(3,\)"):
+        area_under_agreement(torch.ones(3))

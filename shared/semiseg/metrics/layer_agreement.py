@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["layer_agreement", "aula"]
+__all__ = ["area_under_agreement", "aula", "layer_agreement"]
 
 
 def _foreground_masks(probs: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,23 @@ def aula(head_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     Raises:
         ValueError: as :func:`layer_agreement`.
     """
-    curve = layer_agreement(head_probs)
+    return area_under_agreement(layer_agreement(head_probs))
+
+
+def area_under_agreement(curve: torch.Tensor) -> torch.Tensor:
+    """The normalised trapezoid area under layer-agreement curves (the last step of :func:`aula`).
+
+    Args:
+        curve: ``(B, L - 1)`` agreements from :func:`layer_agreement`, ``L >= 2``.
+
+    Returns:
+        ``(B,)``: ``sum_i (a_i + a_{i+1}) / 2 / (L - 2)``, or ``a_1`` when the curve is one point.
+
+    Raises:
+        ValueError: if ``curve`` is not ``(B, n)`` with ``n >= 1``.
+    """
+    if curve.ndim != 2 or curve.shape[1] < 1:
+        raise ValueError(f"layer-agreement curves must be (B, n >= 1), got shape {tuple(curve.shape)}.")
     intervals = curve.shape[1] - 1
     if intervals == 0:
         return curve[:, 0]
