@@ -123,8 +123,8 @@ def worker(bundle: str, roi: list[int], data: Path, iterations: int, warmup: int
     result = {
         "bundle": bundle, "roi": roi, "iterations": iterations, "warmup": warmup,
         "step_s": steps[warmup:], "data_s": data_times[warmup:],
-        "labelled_batch": overrides.get("batch_size", config.get("batch_size")),
-        "unlabelled_batch": config.get("unlabelled_batch_size") if has_unlabelled else 0,
+        "labelled_batch": parser.get_parsed_content("batch_size"),
+        "unlabelled_batch": parser.get_parsed_content("unlabelled_batch_size") if has_unlabelled else 0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if device.startswith("cuda"):
