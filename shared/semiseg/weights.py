@@ -102,10 +102,11 @@ def _align(source: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor]) 
         return source
     src, dst = sorted(source), sorted(target)
     for a, b in ((src, dst), (dst, src)):  # target = prefix + source, or source = prefix + target
+        keys_b = set(b)
         for key in b:
             if key.endswith(a[0]):
                 prefix = key[: len(key) - len(a[0])]
-                if prefix and all(prefix + k in set(b) for k in a[: min(len(a), 20)]):
+                if prefix and all(prefix + k in keys_b for k in a[:20]):
                     if a is src:
                         return {prefix + k: v for k, v in source.items()}
                     return {k.removeprefix(prefix): v for k, v in source.items() if k.startswith(prefix)}
