@@ -32,11 +32,19 @@ from semiseg.data.demo import make_demo_dataset  # noqa: E402
 from semiseg.reporting import read_metric_csvs  # noqa: E402
 
 CLASSES = ("organ", "lesion")
+BINARY_CLASSES = ("foreground",)
+# The demo as a binary task (foreground = organ including its lesions): what the bpl bundle trains by default, and
+# what --binary asks of every other bundle (their usual softmax, over two classes).
+BINARY_OVERRIDES = {"binarise_label": "true", "num_classes": 2, "class_names": ["background", "foreground"]}
 
 
 def _configs(variant: str) -> tuple[str, list[str]]:
     bundle, *extras = variant.split("+")
     return bundle, ["train.json", *(f"{extra}.json" for extra in extras)]
+
+
+def _classes(args: argparse.Namespace) -> tuple[str, ...]:
+    return BINARY_CLASSES if args.binary else CLASSES
 
 
 def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
@@ -45,7 +53,8 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     out = args.out / f"{variant}_seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     common = {"dataset_dir": args.data, "ckpt_dir": out / "models", "seed": seed, "num_labelled": args.budget,
-              "num_workers": 0, **dict(kv.split("=", 1) for kv in args.set)}
+              "num_workers": 0, **(BINARY_OVERRIDES if args.binary else {})}
+    common.update(kv.split("=", 1) for kv in args.set)
     train = {**common, "output_dir": out / "train", "max_iterations": args.iterations, "log_every": 500,
              "overwrite": "true"}
     start = time.time()
@@ -59,11 +68,11 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
         eval_dir = out / f"eval_{role}"
         run_bundle(bundle, None, [*configs, "evaluate.json"], {**common, "output_dir": eval_dir, "model_file": path},
                    log_file=out / f"evaluate_{role}.log")
-        result[role] = read_metric_csvs(eval_dir, CLASSES)["mean"]
+        result[role] = read_metric_csvs(eval_dir, _classes(args))["mean"]
     result["wall_s"] = round(time.time() - start, 1)
     dice = result["student"]["dice"]
-    print(f"{variant:28s} seed={seed}: student dice {100 * dice['mean']:.1f} (organ {100 * dice['organ']:.1f}, "
-          f"lesion {100 * dice['lesion']:.1f})"
+    per_class = ", ".join(f"{c} {100 * dice[c]:.1f}" for c in _classes(args))
+    print(f"{variant:28s} seed={seed}: student dice {100 * dice['mean']:.1f} ({per_class})"
           + (f", teacher {100 * result['teacher']['dice']['mean']:.1f}" if "teacher" in result else "")
           + f" in {result['wall_s']:.0f} s", flush=True)
     return result
@@ -75,7 +84,7 @@ def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
     result: dict = {"variant": variant, "seed": seed, "train_s": float("nan")}
     for role in ("student", "teacher"):
         if (out / f"eval_{role}" / "dice_raw.csv").is_file():
-            result[role] = read_metric_csvs(out / f"eval_{role}", CLASSES)["mean"]
+            result[role] = read_metric_csvs(out / f"eval_{role}", _classes(args))["mean"]
     return result if "student" in result else None
 
 
@@ -84,16 +93,16 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
 
 
-def table(runs: list[dict], variants: list[str]) -> str:
+def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLASSES) -> str:
     """Markdown: mean ± sd over seeds per variant and role, then every run."""
-    lines = ["| variant | weights | seeds | Dice organ | Dice lesion | Dice mean | HD95 mean (mm) | ASD mean (mm) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | weights | seeds | " + " | ".join(f"Dice {c}" for c in classes)
+             + " | Dice mean | HD95 mean (mm) | ASD mean (mm) |", "|---|---|---|" + "---|" * (len(classes) + 3)]
     for variant in variants:
         for role in ("student", "teacher"):
             rows = [r[role] for r in runs if r["variant"] == variant and role in r]
             if not rows:
                 continue
-            cells = [_mean_sd([100 * m["dice"][c] for m in rows]) for c in (*CLASSES, "mean")]
+            cells = [_mean_sd([100 * m["dice"][c] for m in rows]) for c in (*classes, "mean")]
             cells += [_mean_sd([m[k]["mean"] for m in rows]) for k in ("hd95", "asd")]
             lines.append(f"| {variant} | {role} | {len(rows)} | " + " | ".join(cells) + " |")
     lines += ["", "| variant | seed | student Dice mean | teacher Dice mean | train wall (s) |",
@@ -117,6 +126,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="extra overrides for every run")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "compare")
+    parser.add_argument("--binary", action="store_true",
+                        help="the demo as a binary task (labels > 0 are foreground) for every variant; bpl always is")
     parser.add_argument("--summarize-only", action="store_true",
                         help="train nothing: tabulate the runs already finished under --out")
     args = parser.parse_args()
@@ -139,10 +150,11 @@ def main() -> None:
     if not runs:
         sys.exit(f"no finished run under {args.out}")
     summary = {"command": " ".join(["python", *sys.argv]), "iterations": args.iterations, "budget": args.budget,
+               "classes": list(_classes(args)),
                "seeds": args.seeds, "variants": args.variants, "wall_s": round(time.time() - start, 1), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(summary, indent=2))
-    text = table(runs, args.variants)
+    text = table(runs, args.variants, _classes(args))
     (args.out / "results.md").write_text(f"`{summary['command']}` ({summary['wall_s']:.0f} s)\n\n{text}")
     print(text)
 

@@ -289,7 +289,8 @@ def _check_label_values(label: str, voxels: np.ndarray, num_classes: int | None)
     if num_classes is None:
         raise DataValidationError(f"label {label} contains negative values {_values(bad)}; class indices start at 0")
     raise DataValidationError(
-        f"label {label} contains values {_values(bad)} outside the class range 0..{num_classes - 1}"
+        f"label {label} contains values {_values(bad)} outside the class range 0..{num_classes - 1} "
+        f"(num_classes {num_classes}; binarise_label true merges every label > 0 into one foreground class)"
     )
 
 
