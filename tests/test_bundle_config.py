@@ -11,6 +11,7 @@ from monai.bundle import ConfigParser
 from semiseg.bundle_config import (
     CONFIGS,
     GENERATED_KEY,
+    OPTIONAL_CONFIGS,
     BundleConfigError,
     apply_overlay,
     build_bundle,
@@ -123,6 +124,25 @@ def test_extra_networks_are_ddp_wrapped_in_multi_gpu_config() -> None:
     overlay["train"]["train#trainer#networks"] = {"critic": "$@critic_def"}
     with pytest.raises(BundleConfigError, match="must reference a top-level id"):
         build_bundle("toy", overlay)
+
+
+def test_ddp_module_is_train_json_network_written_once(tmp_path: Path) -> None:
+    """The multi-GPU wrapper's module is whatever train.json builds as ``network`` (cps's own initialisation, the
+    initial weights), taken from the generated train.json, so an overlay never writes it twice."""
+    overlay = json.loads((REPO / "bundles" / "mean_teacher" / "overlay.json").read_text())
+    overlay["train"]["network"] = "$torch.nn.Identity()"
+    assert build_bundle("toy", overlay)["multi_gpu_train.json"]["network"]["module"] == "$torch.nn.Identity()"
+    for bundle in bundle_dirs():
+        train = json.loads((bundle / "configs" / "train.json").read_text())
+        multi = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
+        assert multi["network"]["module"] == train["network"], bundle.name
+    template = tmp_path / "configs"
+    template.mkdir()
+    for name in CONFIGS + OPTIONAL_CONFIGS:
+        text = (REPO / "templates" / "bundle" / "configs" / name).read_text()
+        (template / name).write_text(text.replace("<train.json#network>", "<train.json#netwrok>"))
+    with pytest.raises(BundleConfigError, match="'<train.json#netwrok>' names an id that train.json does not define"):
+        build_bundle("toy", overlay, template_dir=tmp_path)
 
 
 def test_dumps_format() -> None:

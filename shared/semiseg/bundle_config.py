@@ -23,8 +23,10 @@ Derived, never written twice:
   top-level id they reference (e.g. ``"@dropout"`` in ``network_def``);
 - ``multi_gpu_train.json`` wraps every extra trainable part listed in ``train#trainer#networks`` in
   ``DistributedDataParallel``, like the main network;
-- a list item ``"<train.json#id>"`` in another template takes train.json's ``id`` (its items, for a list): the
-  multi-GPU and evaluate ``initialize`` run train.json's checks without repeating them;
+- a value ``"<train.json#id>"`` in another template takes train.json's ``id``: the multi-GPU wrapper's ``module``
+  is train.json's ``network`` expression (initial weights, a bundle's own initialisation), so it is written once;
+  as a list item it takes the item (its items, for a list): the multi-GPU and evaluate ``initialize`` run
+  train.json's checks without repeating them;
 - ``bundle_root`` is the bundle's folder (``__BUNDLE__`` in the template).
 - a reference in ``train#handlers`` (``"@ema_teacher"``, as overlays write it) becomes
   ``{"_target_": "semiseg.bundle_config.handler_by_reference", "handler": "@ema_teacher"}``: the same object,
@@ -251,10 +253,14 @@ _SPLICE = re.compile(r"^<train\.json#(.+)>$")
 
 
 def _splice_from_train(value: Any, train: Mapping, where: str) -> Any:
-    """Replace list elements ``"<train.json#id>"`` by the generated ``train.json``'s ``id`` (its items, when a list):
-    ``multi_gpu_train.json`` and ``evaluate.json`` run train.json's ``initialize`` steps without repeating them."""
+    """Replace ``"<train.json#id>"`` by the generated ``train.json``'s ``id``: a value is replaced whole (the DDP
+    wrapper's ``module`` is train.json's ``network`` expression), a list element by the item (its items, when a
+    list: ``multi_gpu_train.json`` and ``evaluate.json`` run train.json's ``initialize`` steps without repeating
+    them)."""
     if isinstance(value, dict):
         return {k: _splice_from_train(v, train, where) for k, v in value.items()}
+    if isinstance(value, str) and _SPLICE.match(value):
+        return _taken_from_train(value, train, where)
     if not isinstance(value, list):
         return value
     out: list = []
@@ -263,12 +269,18 @@ def _splice_from_train(value: Any, train: Mapping, where: str) -> Any:
         if match is None:
             out.append(_splice_from_train(item, train, where))
             continue
-        parser = ConfigParser(dict(train))
-        if match.group(1) not in parser:
-            raise BundleConfigError(f"{where}: {item!r} names an id that train.json does not define.")
-        taken = copy.deepcopy(parser[match.group(1)])
+        taken = _taken_from_train(item, train, where)
         out.extend(taken if isinstance(taken, list) else [taken])
     return out
+
+
+def _taken_from_train(sentinel: str, train: Mapping, where: str) -> Any:
+    """A copy of the generated ``train.json``'s item named by ``"<train.json#id>"``."""
+    ref = _SPLICE.match(sentinel).group(1)  # type: ignore[union-attr]
+    parser = ConfigParser(dict(train))
+    if ref not in parser:
+        raise BundleConfigError(f"{where}: {sentinel!r} names an id that train.json does not define.")
+    return copy.deepcopy(parser[ref])
 
 
 def handler_by_reference(handler: Any) -> Any:
