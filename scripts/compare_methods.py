@@ -16,6 +16,7 @@ deviation over seeds, and every seed), which ``docs/results.md`` quotes with the
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -30,8 +31,11 @@ sys.path.insert(0, str(REPO / "shared"))
 from semiseg.bundle import run_bundle  # noqa: E402
 from semiseg.data.demo import make_demo_dataset  # noqa: E402
 from semiseg.reporting import read_metric_csvs  # noqa: E402
+from semiseg.reporting_qc import spearman  # noqa: E402
 
 CLASSES = ("organ", "lesion")
+DEMO = REPO / "data" / "demo"
+RUN_FILE = "run.json"  # one finished run's metrics and wall times, in its folder
 BINARY_CLASSES = ("foreground",)
 # The demo as a binary task (foreground = organ including its lesions): what the bpl bundle trains by default, and
 # what --binary asks of every other bundle (their usual softmax, over two classes).
@@ -68,8 +72,9 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
         eval_dir = out / f"eval_{role}"
         run_bundle(bundle, None, [*configs, "evaluate.json"], {**common, "output_dir": eval_dir, "model_file": path},
                    log_file=out / f"evaluate_{role}.log")
-        result[role] = read_metric_csvs(eval_dir, _classes(args))["mean"]
+        result[role] = _metrics(eval_dir, args)
     result["wall_s"] = round(time.time() - start, 1)
+    (out / RUN_FILE).write_text(json.dumps(result, indent=2))
     dice = result["student"]["dice"]
     per_class = ", ".join(f"{c} {100 * dice[c]:.1f}" for c in _classes(args))
     print(f"{variant:28s} seed={seed}: student dice {100 * dice['mean']:.1f} ({per_class})"
@@ -78,19 +83,44 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     return result
 
 
+def _metrics(eval_dir: Path, args: argparse.Namespace) -> dict:
+    """Mean metrics of one evaluation, plus the AULA-Dice Spearman correlation where it wrote a QC report."""
+    metrics = read_metric_csvs(eval_dir, _classes(args))["mean"]
+    qc = eval_dir / "qc_report.csv"
+    if qc.is_file():
+        with open(qc, newline="") as f:
+            rows = list(csv.DictReader(f))
+        metrics["qc_spearman"] = spearman([float(r["aula"]) for r in rows], [float(r["dice"]) for r in rows])
+    return metrics
+
+
 def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
-    """The metrics of a finished run from its output folder (``--summarize-only``), or None if it did not finish."""
+    """A finished run from its output folder (``--summarize-only``, ``--resume``), or None if it did not finish.
+
+    A run this script finished has ``run.json`` (with its wall times); an older one is read from its evaluation
+    CSVs, without the times."""
     out = args.out / f"{variant}_seed{seed}"
+    if (out / RUN_FILE).is_file():
+        return json.loads((out / RUN_FILE).read_text())
     result: dict = {"variant": variant, "seed": seed, "train_s": float("nan")}
     for role in ("student", "teacher"):
         if (out / f"eval_{role}" / "dice_raw.csv").is_file():
-            result[role] = read_metric_csvs(out / f"eval_{role}", _classes(args))["mean"]
+            result[role] = _metrics(out / f"eval_{role}", args)
     return result if "student" in result else None
 
 
-def _mean_sd(values: list[float]) -> str:
+def run_or_reuse(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """``one_run``, unless ``--resume`` and the run already finished under ``--out``."""
+    done = collect(variant, seed, args) if args.resume else None
+    if done is not None and (args.out / f"{variant}_seed{seed}" / RUN_FILE).is_file():
+        print(f"{variant:28s} seed={seed}: finished before, reused", flush=True)
+        return done
+    return one_run(variant, seed, args)
+
+
+def _mean_sd(values: list[float], digits: int = 1) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLASSES) -> str:
@@ -112,6 +142,14 @@ def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLAS
         wall = "-" if r["train_s"] != r["train_s"] else f"{r['train_s']:.0f}"  # NaN: not recorded
         mean_dice = 100 * r['student']['dice']['mean']
         lines.append(f"| {r['variant']} | {r['seed']} | {mean_dice:.1f} | {teacher} | {wall} |")
+    qc = [(r["variant"], role, r["seed"], r[role]["qc_spearman"]) for r in runs for role in ("student", "teacher")
+          if role in r and "qc_spearman" in r[role]]
+    if qc:
+        lines += ["", "| variant | weights | Spearman(AULA, Dice) per seed | mean ± sd |", "|---|---|---|---|"]
+        for variant, role in dict.fromkeys((v, ro) for v, ro, _, _ in qc):
+            rhos = [(seed, rho) for v, ro, seed, rho in qc if (v, ro) == (variant, role)]
+            per_seed = ", ".join(f"{seed}: {rho:.2f}" for seed, rho in rhos)
+            lines.append(f"| {variant} | {role} | {per_seed} | {_mean_sd([rho for _, rho in rhos], digits=2)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,10 +162,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="extra overrides for every run")
-    parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
+    parser.add_argument("--data", type=Path, default=DEMO,
+                        help="data set folder (any layout the bundles read); the default demo is generated if missing")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "compare")
     parser.add_argument("--binary", action="store_true",
                         help="the demo as a binary task (labels > 0 are foreground) for every variant; bpl always is")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the runs already finished under --out (their run.json) and run only the others")
     parser.add_argument("--summarize-only", action="store_true",
                         help="train nothing: tabulate the runs already finished under --out")
     args = parser.parse_args()
@@ -144,9 +185,12 @@ def main() -> None:
     if args.summarize_only:
         runs = [r for r in (collect(*job, args) for job in jobs) if r is not None]
     else:
-        make_demo_dataset(args.data)
+        if args.data == DEMO:
+            make_demo_dataset(args.data)  # generated once; an existing demo with the same parameters is kept
+        elif not args.data.is_dir():
+            parser.error(f"--data {args.data}: no such folder")
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            runs = list(pool.map(lambda job: one_run(*job, args), jobs))
+            runs = list(pool.map(lambda job: run_or_reuse(*job, args), jobs))
     if not runs:
         sys.exit(f"no finished run under {args.out}")
     summary = {"command": " ".join(["python", *sys.argv]), "iterations": args.iterations, "budget": args.budget,
