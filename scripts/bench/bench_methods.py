@@ -11,8 +11,10 @@ unlabelled batch (inside the iteration, :meth:`SemiSupervisedTrainer._next_unlab
 
 Every bundle sees the same number of student samples per iteration: a bundle without an unlabelled loader
 (``supervised``, ``layer_ensembles``) gets ``batch_size + unlabelled_batch_size`` labelled crops (4 = 2 + 2 by
-default), so ``step(method) / step(supervised)`` isolates what the method adds (teacher passes, extra networks and
-heads, losses, queues). Bundles run in rounds (all bundles once per round, in a rotated order), so machine drift
+default), and ``bpl`` (2 + 1 by default) gets 2 + 2, so ``step(method) / step(supervised)`` isolates what the method
+adds (teacher passes, extra networks and heads, losses, queues). ``urpc`` and ``ugpcl`` bring their own networks, so
+they are also timed against ``supervised@urpc`` / ``supervised@ugpcl``: the supervised bundle on the same backbone
+without the method's extra heads and decoders (:func:`same_backbone`), the ratio that isolates the method there. Bundles run in rounds (all bundles once per round, in a rotated order), so machine drift
 hits all of them; the JSON has per-bundle medians over rounds and the ratios to ``supervised``.
 
 Peak memory: ``ru_maxrss`` of the subprocess (CPU; it includes the cached data set, the same for every bundle)
@@ -65,14 +67,43 @@ def all_bundles() -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 # worker: one bundle, one size, in its own process
 # --------------------------------------------------------------------------------------------------------------------
+def same_backbone(network_def: dict, owner: str) -> dict:
+    """A plain segmentation network with the backbone of ``owner``'s network (its ``network_def``), for the
+    supervised bundle: URPC's pyramid UNet without its auxiliary heads (``DynUNet``, same filters, kernels, norm and
+    activation), UGPCL's network without its transformer decoder and heads (``BasicUNet``, same features)."""
+    if owner == "urpc":
+        filters = list(network_def["filters"])
+        return {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": "@in_channels",
+                "out_channels": "@num_classes", "kernel_size": [3] * len(filters),
+                "strides": [1] + [2] * (len(filters) - 1), "upsample_kernel_size": [2] * (len(filters) - 1),
+                "filters": filters, "norm_name": network_def.get("norm", "instance"),
+                "act_name": ["leakyrelu", {"inplace": True, "negative_slope": 0.01}], "dropout": "@dropout"}
+    if owner == "ugpcl":
+        return {"_target_": "BasicUNet", "spatial_dims": 3, "in_channels": "@in_channels",
+                "out_channels": "@num_classes", "features": list(network_def["features"]),
+                "act": ["LeakyReLU", {"negative_slope": 0.1, "inplace": True}], "norm": ["instance", {"affine": True}],
+                "dropout": "@dropout"}
+    raise ValueError(f"no backbone-matched reference for {owner!r}; known: {list(OWN_NETWORK)}")
+
+
+OWN_NETWORK = ("urpc", "ugpcl")  # bundles whose network is part of the method: also timed against their backbone
+STUDENT_CROPS = 4  # crops the student sees per iteration in every bundle (2 labelled + 2 unlabelled)
+
+
 def worker(bundle: str, roi: list[int], data: Path, iterations: int, warmup: int, device: str, out: Path) -> None:
+    """Time one bundle (``"supervised@urpc"``: the supervised bundle on urpc's backbone) in this process."""
     import torch
     from ignite.engine import Events
     from monai.bundle import ConfigParser
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    name, _, owner = bundle.partition("@")
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.json"))
+    parser.read_config(str(REPO / "bundles" / name / "configs" / "train.json"))
+    if owner:
+        owner_parser = ConfigParser()
+        owner_parser.read_config(str(REPO / "bundles" / owner / "configs" / "train.json"))
+        parser["network_def"] = same_backbone(owner_parser.get()["network_def"], owner)
     total = warmup + iterations
     ckpt = tempfile.mkdtemp(prefix=f"bench_{bundle}_")
     overrides: dict[str, Any] = {
@@ -84,8 +115,12 @@ def worker(bundle: str, roi: list[int], data: Path, iterations: int, warmup: int
     config = parser.get()
     has_unlabelled = "unlabelled_batch_size" in config and "unlabelled" in config.get("train", {})
     if not has_unlabelled:  # same number of student samples per iteration as a 2 + 2 semi-supervised bundle
-        overrides["batch_size"] = 4
+        overrides["batch_size"] = STUDENT_CROPS
     parser.update(overrides)
+    if has_unlabelled:  # bpl's defaults are 2 + 1: give it the same 4 crops as every other bundle
+        labelled = parser.get_parsed_content("batch_size")
+        if labelled + parser.get_parsed_content("unlabelled_batch_size") != STUDENT_CROPS:
+            parser["unlabelled_batch_size"] = max(1, STUDENT_CROPS - labelled)
     if "initialize" in config:
         parser.get_parsed_content("initialize")  # the bundle's own start-up checks, as `monai.bundle run` does
     trainer = parser.get_parsed_content("train#trainer")
@@ -166,10 +201,14 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
             table[bundle]["peak_cuda_mb"] = max(r["peak_cuda_mb"] for r in rounds)
     if REFERENCE in table:
         ref = table[REFERENCE]
-        for row in table.values():
+        for name, row in table.items():
             row["step_ratio_to_supervised"] = row["step_median_s"] / ref["step_median_s"]
             key = "peak_cuda_mb" if "peak_cuda_mb" in row else "peak_rss_mb"
             row["memory_ratio_to_supervised"] = row[key] / ref[key]
+            backbone = table.get(f"{REFERENCE}@{name}")
+            if backbone is not None:  # what the method adds on its own network
+                row["step_ratio_to_same_backbone"] = row["step_median_s"] / backbone["step_median_s"]
+                row["memory_ratio_to_same_backbone"] = row[key] / backbone[key]
     return table
 
 
@@ -177,13 +216,17 @@ def markdown(results: dict) -> str:
     lines = []
     for size, table in results["sizes"].items():
         lines += [f"\nroi {size}, {results['device']}:\n",
-                  "| bundle | step median (s) | x supervised | data fetch (s) | peak memory (MB) | x supervised |",
-                  "|---|---|---|---|---|---|"]
+                  "| bundle | crops (labelled + unlabelled) | step median (s) | x supervised | x same backbone | "
+                  "data fetch (s) | peak memory (MB) | x supervised | x same backbone |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for bundle, row in table.items():
             memory = row.get("peak_cuda_mb", row["peak_rss_mb"])
             step_ratio, memory_ratio = row.get("step_ratio_to_supervised", 0), row.get("memory_ratio_to_supervised", 0)
-            lines.append(f"| {bundle} | {row['step_median_s']:.3f} | {step_ratio:.2f} | {row['data_median_s']:.3f} | "
-                         f"{memory:.0f} | {memory_ratio:.2f} |")
+            own_step, own_memory = (f"{row[k]:.2f}" if k in row else "" for k in (
+                "step_ratio_to_same_backbone", "memory_ratio_to_same_backbone"))
+            lines.append(f"| {bundle} | {row['labelled_batch']} + {row['unlabelled_batch']} | "
+                         f"{row['step_median_s']:.3f} | {step_ratio:.2f} | {own_step} | {row['data_median_s']:.3f} | "
+                         f"{memory:.0f} | {memory_ratio:.2f} | {own_memory} |")
     return "\n".join(lines)
 
 
@@ -214,6 +257,7 @@ def main() -> None:
         parser.error(f"unknown bundle(s) {unknown}; bundles here: {all_bundles()}")
     if REFERENCE not in bundles:
         bundles = [REFERENCE, *bundles]
+    bundles += [f"{REFERENCE}@{b}" for b in OWN_NETWORK if b in bundles]
 
     sys.path.insert(0, str(REPO / "shared"))
     from semiseg.data.demo import make_demo_dataset
