@@ -46,6 +46,8 @@ ifeq ($(QUICK),1)
 else
 	$(PY) scripts/bench/bench_iteration.py
 	$(PY) scripts/bench/bench_methods.py --roi 48 64
+	$(PY) scripts/bench/bench_methods.py --bundles mean_teacher --roi 48 64 96 128 --iterations 3 --warmup 1 \
+		--rounds 1 --out results/bench/scaling.json
 	$(PY) scripts/bench/bench_loader.py --sizes 20 200 2000
 endif
 
