@@ -57,6 +57,15 @@ def test_train_evaluate_qc_infer_export_and_ship(tiny_demo: Path, tmp_path: Path
     assert record["heads"] == 7 and len(record["layer_agreement"]) == 6 and 0.0 <= record["aula"] <= 1.0
     assert record["image"].endswith("test_000.nii.gz")
 
+    # segmentation "deepest": the network's own output (what skip_first 6 keeps alone), QC from all 7 heads
+    for name, extra in (("deepest", {"segmentation": "deepest"}), ("skip6", {"skip_first": 6})):
+        run(config_file=config(BUNDLE, "inference.json"), dataset_dir=str(tiny_demo), ckpt_dir=str(models),
+            output_dir=str(tmp_path / name), roi_size=[32, 32, 32], **extra)
+    deepest_seg, skip6_seg = (nib.load(tmp_path / n / "test_000_seg.nii.gz").get_fdata() for n in ("deepest", "skip6"))
+    np.testing.assert_array_equal(deepest_seg, skip6_seg)
+    assert json.loads((tmp_path / "deepest" / "test_000_aula.json").read_text())["aula"] == pytest.approx(
+        record["aula"], abs=1e-6)
+
     exported = tmp_path / "model.ts"
     ckpt_export(net_id="network_def", filepath=str(exported), ckpt_file=str(models / "model.pt"),
                 meta_file=config(BUNDLE, "metadata.json"), config_file=config(BUNDLE, "inference.json"),

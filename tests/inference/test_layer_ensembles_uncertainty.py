@@ -62,9 +62,27 @@ def test_dict_transform_puts_the_mean_under_pred_and_adds_maps_and_aula(tmp_path
     assert record["layer_agreement"] == pytest.approx([2 / 3, 1.0]) and "mean_entropy" in record
 
 
+def test_deepest_segmentation_keeps_the_maps_and_aula_of_all_heads() -> None:
+    """``segmentation="deepest"``: the network's own output (the last head) under ``pred``; AULA and the maps are
+    those of the three heads, as in the ensemble case above (AULA 5/6)."""
+    masks = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.float32)
+    probs = torch.stack([torch.stack([1 - m, m]) for m in masks]).reshape(6, 4, 1, 1)
+    ensemble = LayerEnsembleUncertaintyd(keys="pred", num_classes=2)({"pred": probs})
+    deepest = LayerEnsembleUncertaintyd(keys="pred", num_classes=2, segmentation="deepest")({"pred": probs})
+    torch.testing.assert_close(deepest["pred"][1].flatten(), torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(ensemble["pred"][1].flatten(), torch.tensor([2 / 3, 1 / 3, 1 / 3, 0.0]))
+    # agreements: 1100 vs 1000 -> 2/3; 1000 vs 0010 -> 0 (disjoint); AULA (2/3 + 0) / 2 = 1/3, both modes
+    for out in (ensemble, deepest):
+        assert out["aula"].item() == pytest.approx(1 / 3)
+    for key in ("entropy", "variance", "mutual_information"):
+        torch.testing.assert_close(deepest[key], ensemble[key])
+
+
 def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="not a multiple of num_classes=3"):
         LayerEnsembleUncertaintyd(keys="pred", num_classes=3)({"pred": torch.zeros(4, 2, 2, 2)})
+    with pytest.raises(ValueError, match=r"segmentation must be one of \('ensemble', 'deepest'\), got 'last'"):
+        LayerEnsembleUncertaintyd(keys="pred", num_classes=2, segmentation="last")
     with pytest.raises(ValueError, match="one prediction key"):
         LayerEnsembleUncertaintyd(keys=["a", "b"], num_classes=2)
     with pytest.raises(ValueError, match=r"C >= 2 classes"):
