@@ -14,8 +14,9 @@ Every bundle sees the same number of student samples per iteration: a bundle wit
 default), and ``bpl`` (2 + 1 by default) gets 2 + 2, so ``step(method) / step(supervised)`` isolates what the method
 adds (teacher passes, extra networks and heads, losses, queues). ``urpc`` and ``ugpcl`` bring their own networks, so
 they are also timed against ``supervised@urpc`` / ``supervised@ugpcl``: the supervised bundle on the same backbone
-without the method's extra heads and decoders (:func:`same_backbone`), the ratio that isolates the method there. Bundles run in rounds (all bundles once per round, in a rotated order), so machine drift
-hits all of them; the JSON has per-bundle medians over rounds and the ratios to ``supervised``.
+without the method's extra heads and decoders (:func:`same_backbone`), the ratio that isolates the method there.
+Bundles run in rounds (all bundles once per round, in a rotated order), so machine drift hits all of them; the JSON
+has per-bundle medians over rounds and the ratios to ``supervised`` (and to the same backbone).
 
 Peak memory: ``ru_maxrss`` of the subprocess (CPU; it includes the cached data set, the same for every bundle)
 and ``torch.cuda.max_memory_allocated`` (CUDA).
