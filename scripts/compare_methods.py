@@ -111,10 +111,10 @@ def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
 
 def run_or_reuse(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """``one_run``, unless ``--resume`` and the run already finished under ``--out``."""
-    done = collect(variant, seed, args) if args.resume else None
-    if done is not None and (args.out / f"{variant}_seed{seed}" / RUN_FILE).is_file():
+    done = args.out / f"{variant}_seed{seed}" / RUN_FILE
+    if args.resume and done.is_file():
         print(f"{variant:28s} seed={seed}: finished before, reused", flush=True)
-        return done
+        return json.loads(done.read_text())
     return one_run(variant, seed, args)
 
 
