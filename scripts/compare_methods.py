@@ -1,10 +1,10 @@
 """Compare bundles on the demo data over several seeds, the way a user runs them, and write the results table.
 
-Every run is ``python -m monai.bundle run training`` followed by the evaluate workflow (student ``model.pt`` and,
-for bundles with an EMA teacher, ``teacher.pt``), with the bundles' own defaults except the overrides below, so
-the supervised baseline and the semi-supervised runs share network, crops and augmentations. A variant is a bundle
-plus optional config overlays merged after ``train.json`` (``mean_teacher+strong_views`` merges
-``configs/strong_views.json``). Runs go side by side, one thread each.
+Every run is ``python -m monai.bundle run training`` followed by the evaluate workflow (student ``model.pt``; for
+bundles with an EMA teacher, ``teacher.pt``; for CPS the second student and the mean of both), with the bundles' own
+defaults except the overrides below, so the supervised baseline and the semi-supervised runs share network, crops
+and augmentations. A variant is a bundle plus optional config overlays merged after ``train.json``
+(``mean_teacher+strong_views`` merges ``configs/strong_views.json``). Runs go side by side, one thread each.
 
     python scripts/compare_methods.py --seeds 0 1 2 --iterations 1500 \
         --variants supervised mean_teacher mean_teacher+strong_views --out results/compare
@@ -40,6 +40,14 @@ BINARY_CLASSES = ("foreground",)
 # The demo as a binary task (foreground = organ including its lesions): what the bpl bundle trains by default, and
 # what --binary asks of every other bundle (their usual softmax, over two classes).
 BINARY_OVERRIDES = {"binarise_label": "true", "num_classes": 2, "class_names": ["background", "foreground"]}
+# What is evaluated after training: role -> (weights file in models/, other files it needs, evaluate overrides).
+# Each role whose files a run wrote: the student; an EMA teacher; CPS's second student and the mean of both.
+ROLES = {
+    "student": ("model.pt", (), {}),
+    "teacher": ("teacher.pt", (), {}),
+    "student_2": ("model_2.pt", (), {}),
+    "students_mean": ("model.pt", ("model_2.pt",), {"ensemble_students": "true"}),
+}
 
 
 def _configs(variant: str) -> tuple[str, list[str]]:
@@ -51,28 +59,46 @@ def _classes(args: argparse.Namespace) -> tuple[str, ...]:
     return BINARY_CLASSES if args.binary else CLASSES
 
 
-def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train one variant with one seed, evaluate its student (and teacher), return the metrics."""
-    bundle, configs = _configs(variant)
+def _common(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """The overrides every workflow of one run gets: data, checkpoint folder, seed, budget, ``--binary``, ``--set``."""
     out = args.out / f"{variant}_seed{seed}"
-    out.mkdir(parents=True, exist_ok=True)
     common = {"dataset_dir": args.data, "ckpt_dir": out / "models", "seed": seed, "num_labelled": args.budget,
               "num_workers": 0, **(BINARY_OVERRIDES if args.binary else {})}
     common.update(kv.split("=", 1) for kv in args.set)
+    return common
+
+
+def evaluate_roles(result: dict, variant: str, seed: int, args: argparse.Namespace) -> bool:
+    """Evaluate every role (``ROLES``) whose weights the run wrote and ``result`` lacks; True if any was added."""
+    bundle, configs = _configs(variant)
+    out = args.out / f"{variant}_seed{seed}"
+    added = False
+    for role, (weights, needs, overrides) in ROLES.items():
+        models = out / "models"
+        if role in result or not all((models / name).is_file() for name in (weights, *needs)):
+            continue
+        eval_dir = out / f"eval_{role}"
+        run_bundle(bundle, None, [*configs, "evaluate.json"],
+                   {**_common(variant, seed, args), "output_dir": eval_dir, "model_file": models / weights,
+                    **overrides}, log_file=out / f"evaluate_{role}.log")
+        result[role] = _metrics(eval_dir, args)
+        added = True
+    return added
+
+
+def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train one variant with one seed, evaluate every role its weights allow (``ROLES``), return the metrics."""
+    bundle, configs = _configs(variant)
+    out = args.out / f"{variant}_seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    common = _common(variant, seed, args)
     train = {**common, "output_dir": out / "train", "max_iterations": args.iterations, "log_every": 500,
              "overwrite": "true"}
     start = time.time()
     run_bundle(bundle, "training", configs, train, log_file=out / "train.log")
     train_s = time.time() - start
     result: dict = {"variant": variant, "seed": seed, "train_s": round(train_s, 1)}
-    weights = {"student": out / "models" / "model.pt", "teacher": out / "models" / "teacher.pt"}
-    for role, path in weights.items():
-        if not path.is_file():
-            continue
-        eval_dir = out / f"eval_{role}"
-        run_bundle(bundle, None, [*configs, "evaluate.json"], {**common, "output_dir": eval_dir, "model_file": path},
-                   log_file=out / f"evaluate_{role}.log")
-        result[role] = _metrics(eval_dir, args)
+    evaluate_roles(result, variant, seed, args)
     result["wall_s"] = round(time.time() - start, 1)
     (out / RUN_FILE).write_text(json.dumps(result, indent=2))
     dice = result["student"]["dice"]
@@ -103,7 +129,7 @@ def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
     if (out / RUN_FILE).is_file():
         return json.loads((out / RUN_FILE).read_text())
     result: dict = {"variant": variant, "seed": seed, "train_s": float("nan")}
-    for role in ("student", "teacher"):
+    for role in ROLES:
         if (out / f"eval_{role}" / "dice_raw.csv").is_file():
             result[role] = _metrics(out / f"eval_{role}", args)
     return result if "student" in result else None
@@ -113,8 +139,11 @@ def run_or_reuse(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """``one_run``, unless ``--resume`` and the run already finished under ``--out``."""
     done = args.out / f"{variant}_seed{seed}" / RUN_FILE
     if args.resume and done.is_file():
+        result = json.loads(done.read_text())
+        if evaluate_roles(result, variant, seed, args):  # weights a role needs, written before the role existed
+            done.write_text(json.dumps(result, indent=2))
         print(f"{variant:28s} seed={seed}: finished before, reused", flush=True)
-        return json.loads(done.read_text())
+        return result
     return one_run(variant, seed, args)
 
 
@@ -128,21 +157,21 @@ def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLAS
     lines = ["| variant | weights | seeds | " + " | ".join(f"Dice {c}" for c in classes)
              + " | Dice mean | HD95 mean (mm) | ASD mean (mm) |", "|---|---|---|" + "---|" * (len(classes) + 3)]
     for variant in variants:
-        for role in ("student", "teacher"):
+        for role in ROLES:
             rows = [r[role] for r in runs if r["variant"] == variant and role in r]
             if not rows:
                 continue
             cells = [_mean_sd([100 * m["dice"][c] for m in rows]) for c in (*classes, "mean")]
             cells += [_mean_sd([m[k]["mean"] for m in rows]) for k in ("hd95", "asd")]
             lines.append(f"| {variant} | {role} | {len(rows)} | " + " | ".join(cells) + " |")
-    lines += ["", "| variant | seed | student Dice mean | teacher Dice mean | train wall (s) |",
-              "|---|---|---|---|---|"]
+    roles = [role for role in ROLES if role == "student" or any(role in r for r in runs)]
+    lines += ["", "| variant | seed | " + " | ".join(f"{role} Dice mean" for role in roles) + " | train wall (s) |",
+              "|---|---|" + "---|" * (len(roles) + 1)]
     for r in runs:
-        teacher = f"{100 * r['teacher']['dice']['mean']:.1f}" if "teacher" in r else "-"
+        cells = [f"{100 * r[role]['dice']['mean']:.1f}" if role in r else "-" for role in roles]
         wall = "-" if r["train_s"] != r["train_s"] else f"{r['train_s']:.0f}"  # NaN: not recorded
-        mean_dice = 100 * r['student']['dice']['mean']
-        lines.append(f"| {r['variant']} | {r['seed']} | {mean_dice:.1f} | {teacher} | {wall} |")
-    qc = [(r["variant"], role, r["seed"], r[role]["qc_spearman"]) for r in runs for role in ("student", "teacher")
+        lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(cells) + f" | {wall} |")
+    qc = [(r["variant"], role, r["seed"], r[role]["qc_spearman"]) for r in runs for role in ROLES
           if role in r and "qc_spearman" in r[role]]
     if qc:
         lines += ["", "| variant | weights | Spearman(AULA, Dice) per seed | mean ± sd |", "|---|---|---|---|"]
@@ -168,7 +197,8 @@ def main() -> None:
     parser.add_argument("--binary", action="store_true",
                         help="the demo as a binary task (labels > 0 are foreground) for every variant; bpl always is")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the runs already finished under --out (their run.json) and run only the others")
+                        help="reuse the runs already finished under --out (their run.json; evaluations a role added"
+                             " since are made) and run only the others")
     parser.add_argument("--summarize-only", action="store_true",
                         help="train nothing: tabulate the runs already finished under --out")
     args = parser.parse_args()

@@ -1,5 +1,6 @@
 """``scripts/compare_methods.py``, the results protocol's driver: a run is trained and evaluated as a user runs the
-bundle, its metrics are tabulated, ``--resume`` reuses finished runs, ``--binary`` evaluates one foreground class."""
+bundle, its metrics are tabulated, ``--resume`` reuses finished runs (and makes the evaluations they lack), ``--binary`` evaluates one foreground
+class, CPS is evaluated as each student and as their mean."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "compare_methods.py"
 
 
-def _compare(tiny_demo: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(SCRIPT), "--variants", "supervised", "--seeds", "0", "--iterations", "2",
+def _compare(tiny_demo: Path, out: Path, *extra: str, variant: str = "supervised") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), "--variants", variant, "--seeds", "0", "--iterations", "2",
            "--parallel", "1", "--data", str(tiny_demo), "--out", str(out),
            "--set", "num_val=1", "roi_size=[32,32,32]", "iterations_per_epoch=2", "val_interval=1", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -39,3 +40,21 @@ def test_binary_run_is_tabulated_then_reused(tiny_demo: Path, tmp_path: Path) ->
     summary = json.loads((out / "compare.json").read_text())
     assert summary["runs"] == [run] and summary["classes"] == ["foreground"]
     assert (tiny_demo / "dataset.json").read_text() == before  # a --data folder is read, never regenerated
+
+
+def test_cps_students_and_their_mean_are_evaluated_and_a_missing_evaluation_is_made_on_resume(
+        tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    _compare(tiny_demo, out, variant="cps")
+    run_file = out / "cps_seed0" / "run.json"
+    run = json.loads(run_file.read_text())
+    assert {"student", "student_2", "students_mean"} <= set(run) and "teacher" not in run
+    table = (out / "results.md").read_text()
+    assert "| cps | students_mean | 1 |" in table, table
+    assert "| variant | seed | student Dice mean | student_2 Dice mean | students_mean Dice mean |" in table, table
+
+    del run["students_mean"]  # as a run finished before the role existed
+    run_file.write_text(json.dumps(run))
+    _compare(tiny_demo, out, "--resume", variant="cps")
+    assert "students_mean" in json.loads(run_file.read_text())
+    assert (out / "cps_seed0" / "evaluate_students_mean.log").is_file()

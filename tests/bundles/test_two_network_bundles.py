@@ -3,7 +3,7 @@ trained in the second update phase) and CPS (a second student with its own SGD, 
 
 Every part, optimiser, scheduler and ramp is restored exactly from a checkpoint written after two iterations; under
 ``multi_gpu_train.json`` every part is DDP-wrapped and stays equal across two gloo processes on CPU; CPS writes its
-second student, infers with the mean of both students on request and trains with strong views
+second student, infers and evaluates with the mean of both students on request and trains with strong views
 (docs/architecture.md §2, "Methods with more than one trainable part").
 """
 
@@ -86,6 +86,23 @@ def test_cps_infers_with_the_first_student_or_the_mean_of_both(trained, tiny_dem
         entropy[ensemble] = nib.load(folder / "test_000_entropy.nii.gz").get_fdata()
         assert 0.0 <= entropy[ensemble].min() and entropy[ensemble].max() <= 1.0 + 1e-5
     assert not np.allclose(entropy["false"], entropy["true"])  # the second student's weights were loaded and used
+
+
+@pytest.mark.parametrize("trained", ["cps"], indirect=True)
+def test_cps_evaluates_the_first_student_or_the_mean_of_both(trained, tiny_demo: Path) -> None:
+    bundle, overrides, out = trained
+    configs = [config(bundle, "train.json"), config(bundle, "evaluate.json")]
+    entropy = {}
+    for ensemble in ("false", "true"):
+        folder = out / f"eval_{ensemble}"
+        run(config_file=configs, **{**overrides, "output_dir": str(folder)}, ensemble_students=ensemble)
+        assert (folder / "dice_raw.csv").is_file()
+        entropy[ensemble] = nib.load(folder / "test_000_entropy.nii.gz").get_fdata()
+    run(config_file=config(bundle, "inference.json"), dataset_dir=str(tiny_demo), ckpt_dir=str(out / "models"),
+        output_dir=str(out / "infer_for_eval"), roi_size=[32, 32, 32], ensemble_students="true")
+    inferred = nib.load(out / "infer_for_eval" / "test_000_entropy.nii.gz").get_fdata()
+    assert not np.allclose(entropy["false"], entropy["true"])
+    np.testing.assert_allclose(entropy["true"], inferred, atol=1e-5)  # evaluate scores what inference writes
 
 
 def test_cps_trains_with_strong_views(tiny_demo: Path, tmp_path: Path) -> None:
