@@ -72,9 +72,9 @@ def evaluate_roles(result: dict, variant: str, seed: int, args: argparse.Namespa
     """Evaluate every role (``ROLES``) whose weights the run wrote and ``result`` lacks; True if any was added."""
     bundle, configs = _configs(variant)
     out = args.out / f"{variant}_seed{seed}"
+    models = out / "models"
     added = False
     for role, (weights, needs, overrides) in ROLES.items():
-        models = out / "models"
         if role in result or not all((models / name).is_file() for name in (weights, *needs)):
             continue
         eval_dir = out / f"eval_{role}"
