@@ -17,6 +17,8 @@ they are also timed against ``supervised@urpc`` / ``supervised@ugpcl``: the supe
 without the method's extra heads and decoders (:func:`same_backbone`), the ratio that isolates the method there.
 Bundles run in rounds (all bundles once per round, in a rotated order), so machine drift hits all of them; the JSON
 has per-bundle medians over rounds and the ratios to ``supervised`` (and to the same backbone).
+The JSON is rewritten after every bundle (with ``"partial": true`` until the last one), so a run stopped by a
+time limit keeps what it measured.
 
 Peak memory: ``ru_maxrss`` of the subprocess (CPU; it includes the cached data set, the same for every bundle)
 and ``torch.cuda.max_memory_allocated`` (CUDA).
@@ -178,7 +180,8 @@ def _run_worker(bundle: str, roi: list[int], data: Path, args: argparse.Namespac
                "--iterations", str(args.iterations), "--warmup", str(args.warmup), "--device", args.device,
                "--worker-out", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "shared")})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              filter(None, [str(REPO / "shared"), os.environ.get("PYTHONPATH")]))})
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"benchmark of {bundle} at roi {roi} failed (exit {proc.returncode}):\n{tail}")
@@ -231,6 +234,15 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _write(path: Path, results: dict) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**results, "torch": torch.__version__}, indent=2))
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundles", nargs="*", help="bundles to measure (default: all; supervised is always added)")
@@ -280,13 +292,11 @@ def main() -> None:
                 print(f"[{time.time() - started:6.0f}s] roi {_roi_name(roi)} round {r + 1}/{args.rounds}: {bundle}",
                       flush=True)
                 runs[bundle].append(_run_worker(bundle, roi, data, args))
-        results["sizes"][_roi_name(roi)] = summarise(runs)
-    import torch
-
-    results["torch"] = torch.__version__
+                # written after every bundle, so a run stopped part-way (a time limit) keeps what it measured
+                results["sizes"][_roi_name(roi)] = summarise({b: r for b, r in runs.items() if r})
+                _write(args.out, {**results, "partial": True, "wall_s": time.time() - started})
     results["wall_s"] = time.time() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    _write(args.out, results)
     print(markdown(results))
     print(f"\nwrote {args.out}")
 
