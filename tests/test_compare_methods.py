@@ -1,6 +1,6 @@
 """``scripts/compare_methods.py``, the results protocol's driver: a run is trained and evaluated as a user runs the
-bundle, its metrics are tabulated, ``--resume`` reuses finished runs (and makes the evaluations they lack), ``--binary`` evaluates one foreground
-class, CPS is evaluated as each student and as their mean."""
+bundle, its metrics are tabulated, ``--resume`` reuses finished runs (and makes the evaluations they lack),
+``--binary`` evaluates one foreground class, CPS is evaluated as each student and as their mean."""
 
 from __future__ import annotations
 
