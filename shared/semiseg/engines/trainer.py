@@ -31,6 +31,7 @@ from semiseg.handlers.random_state import (
 )
 from semiseg.keys import SSLIterationEvents
 from semiseg.methods.base import LabelledBatch, SSLMethod
+from semiseg.modes import ensure_mode
 
 __all__ = ["SemiSupervisedTrainer", "DataCycle", "UnlabelledCycle", "epoch_length_for"]
 
@@ -638,7 +639,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         unlabelled = self._next_unlabelled()
 
         for network in self.networks.values():
-            network.train()
+            ensure_mode(network, True)
         main_optimizers = [self.optimizer, *self._joint_optimizers]
         for optimizer in main_optimizers:
             optimizer.zero_grad(set_to_none=self.optim_set_to_none)

@@ -10,6 +10,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from semiseg.keys import SSLIterationEvents, SSLKeys, provides_state
+from semiseg.modes import ensure_mode
 
 __all__ = ["EMATeacher", "BUFFER_POLICIES"]
 
@@ -128,7 +129,7 @@ class EMATeacher:
     def __call__(self, engine: Engine) -> None:
         """Update the teacher after the optimiser step of iteration ``engine.state.iteration``."""
         self.update(self.teacher, self.student, engine.state.iteration - 1, self.decay, self.buffer_policy)
-        self.teacher.train(self.teacher_train_mode)
+        ensure_mode(self.teacher, self.teacher_train_mode)
         engine.fire_event(SSLIterationEvents.TEACHER_UPDATED)
 
     def state_dict(self) -> dict[str, Any]:
