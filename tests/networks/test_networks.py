@@ -114,3 +114,51 @@ def test_argument_and_input_checks_name_the_bad_value() -> None:
         DeepSupervisionUNet(spatial_dims=1)
     with pytest.raises(ValueError, match=r"divisible by 16, got shape \(1, 1, 24, 32, 32\)"):
         DeepSupervisionUNet(filters=SMALL)(torch.randn(1, 1, 24, 32, 32))
+
+
+REFERENCE_DECODER_DROPOUT = (0.5, 0.3, 0.2, 0.1)  # SSL4MIS unet_3D_dv_semi: Dropout3d after up4, up3, up2, up1
+
+
+def test_decoder_dropout_drops_whole_channels_of_each_up_block_deepest_first() -> None:
+    torch.manual_seed(0)
+    net = DeepSupervisionUNet(filters=SMALL, decoder_dropout=REFERENCE_DECODER_DROPOUT).train()
+    before, after = {}, {}
+    for i, up in enumerate(net.upsamples):  # upsamples[0] is the deepest decoder level
+        up.register_forward_hook(lambda _m, _i, out, i=i: before.__setitem__(i, out.detach()), prepend=True)
+        up.register_forward_hook(lambda _m, _i, out, i=i: after.__setitem__(i, out.detach()))
+    outputs = net(torch.randn(2, 1, 32, 32, 32))
+    assert len(outputs) == 4 and [m.p for m in net.decoder_dropout] == list(REFERENCE_DECODER_DROPOUT)
+    for i, p in enumerate(REFERENCE_DECODER_DROPOUT):
+        kept = after[i].flatten(2).abs().sum(-1) > 0  # (B, C): a channel is dropped whole or kept whole
+        scaled = before[i] / (1 - p) * kept[..., None, None, None]
+        torch.testing.assert_close(after[i], scaled)
+        assert 0 < kept.float().mean() < 1  # 2 x (32 .. 4) channels: some dropped, some kept at every level
+    # the heads and the next level see the dropped features: the finest head's logits come from after[3]
+    torch.testing.assert_close(outputs[0], net.output_block(after[3]))
+
+
+def test_decoder_dropout_is_off_in_eval_and_leaves_the_state_dict_alone() -> None:
+    plain = DeepSupervisionUNet(filters=SMALL).eval()
+    dropped = DeepSupervisionUNet(filters=SMALL, decoder_dropout=REFERENCE_DECODER_DROPOUT).eval()
+    dropped.load_state_dict(plain.state_dict())  # strict: same keys, the dropout modules have no state
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x))
+    teacher = copy.deepcopy(dropped.train())
+    hook = next(iter(teacher.upsamples[0]._forward_hooks.values()))
+    assert hook.dropout is teacher.decoder_dropout[0] and hook.dropout is not dropped.decoder_dropout[0]
+    teacher.eval()
+    assert not hook.dropout.training  # the copy's hook follows the copy's mode
+    with pytest.raises(ValueError, match=r"one probability per decoder level \(4 .*got \(0.5, 0.3\)"):
+        DeepSupervisionUNet(filters=SMALL, decoder_dropout=(0.5, 0.3))
+    with pytest.raises(ValueError, match=r"\[0, 1\), got \(1.0, 0.3, 0.2, 0.1\)"):
+        DeepSupervisionUNet(filters=SMALL, decoder_dropout=(1.0, 0.3, 0.2, 0.1))
+
+
+def test_urpc_bundle_regularises_the_decoder_as_the_reference() -> None:
+    parser = ConfigParser()
+    parser.read_config(config("urpc", "train.json"))
+    net = parser.get_parsed_content("network_def")
+    assert [m.p for m in net.decoder_dropout] == list(REFERENCE_DECODER_DROPOUT)
+    # no element-wise dropout after the convolutions (DynUNet's `dropout` would put it on the logits too)
+    assert not any(type(m) is torch.nn.Dropout for m in net.modules())

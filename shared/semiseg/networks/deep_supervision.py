@@ -4,7 +4,10 @@ URPC (Luo et al., "Efficient Semi-supervised Gross Target Volume of Nasopharynge
 Uncertainty Rectified Pyramid Consistency", MICCAI 2021) predicts at four decoder scales, rescales every
 prediction to the input size and compares them voxel by voxel. Its reference code (SSL4MIS
 ``networks/unet_3D_dv_semi.py``) applies a 1x1x1 convolution at each scale and upsamples the logits trilinearly;
-this module does the same with ``DynUNet``'s supervision heads.
+this module does the same with ``DynUNet``'s supervision heads. The reference regularises the decoder alone:
+channel dropout (``nn.Dropout3d``) on each decoder level's output, before its head and the next level, with
+p = 0.5, 0.3, 0.2, 0.1 from the deepest level to the finest (``decoder_dropout``); ``DynUNet``'s own ``dropout``
+instead follows every convolution, the logits included.
 
 Self-contained: imports only torch, MONAI and the standard library, so ``scripts/package_bundles.py`` can ship this
 file inside a bundle zip for inference without semiseg installed.
@@ -19,6 +22,17 @@ import torch.nn.functional as F
 from monai.networks.nets import DynUNet
 
 __all__ = ["DeepSupervisionUNet"]
+
+
+class _OutputDropout:
+    """Forward hook that passes a module's output through ``dropout`` (a ``torch.nn`` dropout module, so it follows
+    the network's train/eval mode and ``copy.deepcopy`` maps it to the copy's own)."""
+
+    def __init__(self, dropout: torch.nn.Module) -> None:
+        self.dropout = dropout
+
+    def __call__(self, _module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        return self.dropout(output)
 
 
 class DeepSupervisionUNet(DynUNet):
@@ -47,12 +61,17 @@ class DeepSupervisionUNet(DynUNet):
         num_outputs: outputs in training mode, the main one included (URPC: 4).
         norm: MONAI norm name or ``(name, kwargs)``.
         act: MONAI activation name or ``(name, kwargs)`` (``DynUNet``'s default, leaky ReLU 0.01).
-        dropout: dropout probability inside the blocks.
+        dropout: ``DynUNet``'s element-wise dropout after every convolution (encoder, decoder, and the output and
+            supervision heads, so on the logits too); 0 (none) in the URPC reference.
+        decoder_dropout: channel dropout (``Dropout3d``/``Dropout2d``) on the output of each decoder level, deepest
+            first, one probability per level (``len(filters) - 1``): the reference's ``(0.5, 0.3, 0.2, 0.1)``
+            for five levels. ``None``: no decoder dropout.
         res_block: residual blocks instead of plain double convolutions.
         spatial_dims: 3 (trilinear upsampling) or 2 (bilinear).
 
     Raises:
-        ValueError: if ``num_outputs``, ``filters``, ``dropout`` or ``spatial_dims`` is out of range.
+        ValueError: if ``num_outputs``, ``filters``, ``dropout``, ``decoder_dropout`` or ``spatial_dims`` is out of
+            range.
     """
 
     def __init__(
@@ -66,6 +85,7 @@ class DeepSupervisionUNet(DynUNet):
         dropout: float = 0.0,
         res_block: bool = False,
         spatial_dims: int = 3,
+        decoder_dropout: Sequence[float] | None = None,
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"DeepSupervisionUNet supports spatial_dims 2 or 3, got {spatial_dims}.")
@@ -78,6 +98,14 @@ class DeepSupervisionUNet(DynUNet):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"DeepSupervisionUNet dropout must lie in [0, 1), got {dropout}.")
+        decoder_p = tuple(float(p) for p in decoder_dropout) if decoder_dropout is not None else ()
+        if decoder_dropout is not None and len(decoder_p) != len(filters) - 1:
+            raise ValueError(
+                f"DeepSupervisionUNet decoder_dropout needs one probability per decoder level ({len(filters) - 1} "
+                f"for filters={tuple(filters)}), deepest first, got {tuple(decoder_dropout)}."
+            )
+        if any(not 0.0 <= p < 1.0 for p in decoder_p):
+            raise ValueError(f"DeepSupervisionUNet decoder_dropout values must lie in [0, 1), got {decoder_p}.")
         strides = [1] + [2] * (len(filters) - 1)
         super().__init__(
             spatial_dims=spatial_dims,
@@ -97,6 +125,12 @@ class DeepSupervisionUNet(DynUNet):
         self.num_outputs = num_outputs
         self.size_divisor = 2 ** (len(filters) - 1)
         self._mode = "trilinear" if spatial_dims == 3 else "bilinear"
+        # parameter-free, so the state dict is DynUNet's; a forward hook on each up block (deepest first, as
+        # ``upsamples``) drops channels of its output before the block's head and the next level see it
+        drop = torch.nn.Dropout3d if spatial_dims == 3 else torch.nn.Dropout2d
+        self.decoder_dropout = torch.nn.ModuleList(drop(p) for p in decoder_p)
+        for up, level_dropout in zip(self.upsamples, self.decoder_dropout):
+            up.register_forward_hook(_OutputDropout(level_dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
         """Main logits in eval mode; ``num_outputs`` logits at the input size, finest first, in training mode.
