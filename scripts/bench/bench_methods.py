@@ -71,22 +71,24 @@ def all_bundles() -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 # worker: one bundle, one size, in its own process
 # --------------------------------------------------------------------------------------------------------------------
-def same_backbone(network_def: dict, owner: str) -> dict:
-    """A plain segmentation network with the backbone of ``owner``'s network (its ``network_def``), for the
-    supervised bundle: URPC's pyramid UNet without its auxiliary heads (``DynUNet``, same filters, kernels, norm and
-    activation), UGPCL's network without its transformer decoder and heads (``BasicUNet``, same features)."""
+def same_backbone(owner_parser: Any, owner: str) -> dict:
+    """A plain segmentation network with the backbone of ``owner``'s network (its ``network_def``, read from
+    ``owner_parser``) and the owner's dropout, for the supervised bundle: URPC's pyramid UNet without its auxiliary
+    heads (``DeepSupervisionUNet`` with one output: same filters, norm, activation and decoder dropout), UGPCL's
+    network without its transformer decoder and heads (``BasicUNet``, same features)."""
+    network_def = owner_parser.get()["network_def"]
+    dropout = owner_parser.get_parsed_content("dropout")
     if owner == "urpc":
-        filters = list(network_def["filters"])
-        return {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": "@in_channels",
-                "out_channels": "@num_classes", "kernel_size": [3] * len(filters),
-                "strides": [1] + [2] * (len(filters) - 1), "upsample_kernel_size": [2] * (len(filters) - 1),
-                "filters": filters, "norm_name": network_def.get("norm", "instance"),
-                "act_name": ["leakyrelu", {"inplace": True, "negative_slope": 0.01}], "dropout": "@dropout"}
+        decoder_dropout = owner_parser.get_parsed_content("decoder_dropout")
+        return {"_target_": "semiseg.networks.DeepSupervisionUNet", "in_channels": "@in_channels",
+                "out_channels": "@num_classes", "filters": list(network_def["filters"]), "num_outputs": 1,
+                "norm": network_def.get("norm", "instance"), "dropout": dropout,
+                "decoder_dropout": list(decoder_dropout) if decoder_dropout is not None else None}
     if owner == "ugpcl":
         return {"_target_": "BasicUNet", "spatial_dims": 3, "in_channels": "@in_channels",
                 "out_channels": "@num_classes", "features": list(network_def["features"]),
                 "act": ["LeakyReLU", {"negative_slope": 0.1, "inplace": True}], "norm": ["instance", {"affine": True}],
-                "dropout": "@dropout"}
+                "dropout": dropout}
     raise ValueError(f"no backbone-matched reference for {owner!r}; known: {list(OWN_NETWORK)}")
 
 
@@ -111,7 +113,7 @@ def worker(bundle: str, roi: list[int], data: Path, iterations: int, warmup: int
     if owner:
         owner_parser = ConfigParser()
         owner_parser.read_config(str(REPO / "bundles" / owner / "configs" / "train.json"))
-        parser["network_def"] = same_backbone(owner_parser.get()["network_def"], owner)
+        parser["network_def"] = same_backbone(owner_parser, owner)
     total = warmup + iterations
     ckpt = tempfile.mkdtemp(prefix=f"bench_{bundle}_")
     overrides: dict[str, Any] = {

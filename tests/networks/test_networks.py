@@ -108,8 +108,8 @@ def test_two_outputs_and_2d() -> None:
 def test_argument_and_input_checks_name_the_bad_value() -> None:
     with pytest.raises(ValueError, match=r"at least 5 filters.*\(8, 16, 32, 64\)"):
         DeepSupervisionUNet(filters=(8, 16, 32, 64))
-    with pytest.raises(ValueError, match="num_outputs >= 2.*1"):
-        DeepSupervisionUNet(num_outputs=1)
+    with pytest.raises(ValueError, match="num_outputs >= 1.*0"):
+        DeepSupervisionUNet(num_outputs=0)
     with pytest.raises(ValueError, match="spatial_dims 2 or 3, got 1"):
         DeepSupervisionUNet(spatial_dims=1)
     with pytest.raises(ValueError, match=r"divisible by 16, got shape \(1, 1, 24, 32, 32\)"):
@@ -162,3 +162,21 @@ def test_urpc_bundle_regularises_the_decoder_as_the_reference() -> None:
     assert [m.p for m in net.decoder_dropout] == list(REFERENCE_DECODER_DROPOUT)
     # no element-wise dropout after the convolutions (DynUNet's `dropout` would put it on the logits too)
     assert not any(type(m) is torch.nn.Dropout for m in net.modules())
+
+
+def test_one_output_is_the_plain_backbone_for_a_supervised_control() -> None:
+    """``num_outputs=1``: URPC's network without its heads, for the supervised bundle on the same backbone."""
+    from monai.networks.nets import DynUNet
+
+    torch.manual_seed(0)
+    net = DeepSupervisionUNet(filters=SMALL, num_outputs=1, decoder_dropout=REFERENCE_DECODER_DROPOUT).train()
+    plain = DynUNet(3, 1, 3, kernel_size=[3] * 5, strides=[1, 2, 2, 2, 2], upsample_kernel_size=[2] * 4,
+                    filters=list(SMALL), norm_name="instance", act_name=("leakyrelu", {"inplace": True,
+                                                                                        "negative_slope": 0.01}))
+    plain.load_state_dict(net.state_dict())  # strict: no supervision heads
+    x = torch.randn(2, 1, 32, 32, 32)
+    out = net(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, 32, 32, 32)
+    assert not torch.allclose(out, net(x))  # the decoder dropout is on in training mode
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), plain.eval()(x))

@@ -47,6 +47,9 @@ class DeepSupervisionUNet(DynUNet):
     * Training mode: ``[main, aux_1/2, aux_1/4, aux_1/8]`` (for ``num_outputs=4``), each ``(B, C, *input_size)``:
       the auxiliary logits are upsampled (trilinear, ``align_corners=False``, as in SSL4MIS ``UnetDsv3``), unlike
       ``DynUNet``'s own nearest-neighbour stacking.
+    * ``num_outputs=1``: no auxiliary heads, the main logits in both modes: the same backbone and regularisation as a
+      plain segmentation network (a supervised control for URPC); the state dict is then ``DynUNet``'s without
+      deep supervision.
     * Eval mode: the main logits only, ``(B, C, *input_size)``, so ``SlidingWindowInferer``, ``SupervisedEvaluator``
       and MONAI Label use it like any segmentation network. The state dict is the same in both modes.
 
@@ -58,7 +61,7 @@ class DeepSupervisionUNet(DynUNet):
         in_channels: image channels.
         out_channels: classes, background included (logits out).
         filters: feature channels per encoder level, at least ``num_outputs + 1`` of them.
-        num_outputs: outputs in training mode, the main one included (URPC: 4).
+        num_outputs: outputs in training mode, the main one included (URPC: 4; 1: no deep supervision).
         norm: MONAI norm name or ``(name, kwargs)``.
         act: MONAI activation name or ``(name, kwargs)`` (``DynUNet``'s default, leaky ReLU 0.01).
         dropout: ``DynUNet``'s element-wise dropout after every convolution (encoder, decoder, and the output and
@@ -89,8 +92,8 @@ class DeepSupervisionUNet(DynUNet):
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"DeepSupervisionUNet supports spatial_dims 2 or 3, got {spatial_dims}.")
-        if num_outputs < 2:
-            raise ValueError(f"DeepSupervisionUNet needs num_outputs >= 2 (main + auxiliary), got {num_outputs}.")
+        if num_outputs < 1:
+            raise ValueError(f"DeepSupervisionUNet needs num_outputs >= 1 (the main output), got {num_outputs}.")
         if len(filters) < num_outputs + 1:
             raise ValueError(
                 f"DeepSupervisionUNet with num_outputs={num_outputs} needs at least {num_outputs + 1} filters "
@@ -118,8 +121,8 @@ class DeepSupervisionUNet(DynUNet):
             dropout=dropout or None,
             norm_name=norm,
             act_name=act,
-            deep_supervision=True,
-            deep_supr_num=num_outputs - 1,
+            deep_supervision=num_outputs > 1,
+            deep_supr_num=max(num_outputs - 1, 1),
             res_block=res_block,
         )
         self.num_outputs = num_outputs
@@ -151,7 +154,7 @@ class DeepSupervisionUNet(DynUNet):
                 f"{self.size_divisor}, got shape {tuple(x.shape)}."
             )
         out = self.output_block(self.skip_layers(x))
-        if not self.training:
+        if not self.training or self.num_outputs == 1:
             return out
         size = tuple(out.shape[2:])
         aux = [F.interpolate(head, size=size, mode=self._mode, align_corners=False) for head in self.heads]
