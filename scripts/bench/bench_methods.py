@@ -74,15 +74,14 @@ def all_bundles() -> list[str]:
 def same_backbone(owner_parser: Any, owner: str) -> dict:
     """A plain segmentation network with the backbone of ``owner``'s network (its ``network_def``, read from
     ``owner_parser``) and the owner's dropout, for the supervised bundle: URPC's pyramid UNet without its auxiliary
-    heads (``DeepSupervisionUNet`` with one output: same filters, norm, activation and decoder dropout), UGPCL's
+    heads (its ``DeepSupervisionUNet`` definition with one output: every other argument as the owner's), UGPCL's
     network without its transformer decoder and heads (``BasicUNet``, same features)."""
     network_def = owner_parser.get()["network_def"]
     dropout = owner_parser.get_parsed_content("dropout")
     if owner == "urpc":
+        # the owner's own network definition with one output, its references to the owner's config resolved
         decoder_dropout = owner_parser.get_parsed_content("decoder_dropout")
-        return {"_target_": "semiseg.networks.DeepSupervisionUNet", "in_channels": "@in_channels",
-                "out_channels": "@num_classes", "filters": list(network_def["filters"]), "num_outputs": 1,
-                "norm": network_def.get("norm", "instance"), "dropout": dropout,
+        return {**network_def, "num_outputs": 1, "dropout": dropout,
                 "decoder_dropout": list(decoder_dropout) if decoder_dropout is not None else None}
     if owner == "ugpcl":
         return {"_target_": "BasicUNet", "spatial_dims": 3, "in_channels": "@in_channels",
