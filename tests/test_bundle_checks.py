@@ -123,7 +123,8 @@ GOOD = {
     "max_iterations": 1, "iterations_per_epoch": 100, "num_val": 0, "num_labelled": None, "batch_size": 2,
     "num_workers": 0, "seed": 0, "num_classes": 2, "roi_size": [48, 48, 32], "learning_rate": 1e-4,
     "momentum": 0.0, "weight_decay": 0.0, "cache_rate": 1.0, "overlap": 0.0, "ema_decay": 1.0, "consistency": 0,
-    "nonfinite_voxels": "replace", "sw_batch_size": 1, "in_channels": 1,
+    "nonfinite_voxels": "replace", "sw_batch_size": 1, "in_channels": 1, "blend_mode": "constant",
+    "intensity_norm": "zscore", "label_crop": "uniform", "rot90": "false",
 }
 BAD = [
     ("max_iterations", 0, "an integer >= 1"), ("max_iterations", -5, "an integer >= 1"),
@@ -134,8 +135,19 @@ BAD = [
     ("roi_size", [32, 0, 32], "three integers >= 1"), ("learning_rate", 0.0, "a number > 0"),
     ("learning_rate", math.nan, "a number > 0"), ("momentum", 1.0, r"a number in \[0, 1\)"),
     ("weight_decay", -1e-4, "a number >= 0"), ("cache_rate", 1.5, r"a number in \[0, 1\]"),
-    ("overlap", 1.0, r"a number in \[0, 1\)"), ("nonfinite_voxels", "ignore", "'error' or 'replace'"),
+    ("overlap", 1.0, r"a number in \[0, 1\)"), ("overlap", [0.5, 0.5], r"a number in \[0, 1\)"),
+    ("nonfinite_voxels", "ignore", "'error' or 'replace'"), ("blend_mode", "mean", "'gaussian' or 'constant'"),
+    ("intensity_norm", "minmax", "'percentile' or 'zscore' or 'none'"),
+    ("label_crop", "posneg", "'balanced' or 'uniform'"), ("rot90", "maybe", "true or false"),
 ]
+
+
+def test_per_axis_overlap_passes_and_rot90_needs_a_square_first_plane() -> None:
+    check_settings(overlap=[0.839, 0.839, 0.95], rot90=True, roi_size=[112, 112, 80])
+    message = r"setting rot90 .* roi_size\[0\] == roi_size\[1\], got roi_size \[48, 32, 48\]"
+    with pytest.raises(SettingError, match=message):
+        check_settings(rot90="true", roi_size=[48, 32, 48])
+    check_settings(rot90="false", roi_size=[48, 32, 48])
 
 
 def test_settings_in_range_pass() -> None:

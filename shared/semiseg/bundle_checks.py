@@ -348,6 +348,22 @@ def _roi(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and v >= 1 for v in value)
 
 
+def _overlap(value: Any) -> bool:
+    """A fraction in [0, 1), or one per spatial axis (the LA protocol's ``[0.839, 0.839, 0.95]``)."""
+    values = value if isinstance(value, (list, tuple)) and len(value) == 3 else [value]
+    return all(_is_number(v) and 0.0 <= v < 1.0 for v in values)
+
+
+def _flag(value: Any) -> bool:
+    return isinstance(value, bool) or value in (0, 1) or (
+        isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no")
+    )
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), " or ".join(repr(c) for c in choices)
+
+
 SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_iterations": _int_at_least(1),
     "iterations_per_epoch": _int_at_least(1),
@@ -368,7 +384,11 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "momentum": _number(0.0, 1.0, high_open=True),
     "weight_decay": _number(0.0),
     "cache_rate": _number(0.0, 1.0),
-    "overlap": _number(0.0, 1.0, high_open=True),
+    "overlap": (_overlap, "a number in [0, 1), or three of them (one per axis)"),
+    "blend_mode": _one_of("gaussian", "constant"),
+    "intensity_norm": _one_of("percentile", "zscore", "none"),
+    "label_crop": _one_of("balanced", "uniform"),
+    "rot90": (_flag, "true or false"),
     "ema_decay": _number(0.0, 1.0),
     "consistency": _number(0.0),
     "consistency_rampup": _number(0.0),
@@ -402,6 +422,12 @@ def check_settings(**settings: Any) -> None:
                 f"setting {name} must be {expected}, got {value!r} ({type(value).__name__}); set it with "
                 f"--{name} <value> or in the config (nothing was run)."
             )
+    roi, rot90 = settings.get("roi_size"), settings.get("rot90")
+    if _roi(roi) and _flag(rot90) and str(rot90).strip().lower() in ("true", "1", "yes") and roi[0] != roi[1]:
+        problems.append(
+            f"setting rot90 turns crops in the plane of their first two axes, which needs roi_size[0] == roi_size[1], "
+            f"got roi_size {list(roi)}: pass --rot90 false or a crop with equal first two sides (nothing was run)."
+        )
     if problems:
         raise SettingError(problems)
 

@@ -145,14 +145,27 @@ def test_inference_config_needs_only_monai(bundle: str) -> None:
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_inference_preprocessing_equals_training_eval_transforms(bundle: str, tiny_demo: Path) -> None:
-    from semiseg.data.transforms import eval_transforms
+    """Inference (MONAI alone) normalises as training's evaluation chain does, for every ``intensity_norm``."""
+    from semiseg.data.transforms import INTENSITY_NORMS, eval_transforms
 
-    parser = ConfigParser()
-    parser.read_config(config(bundle, "inference.json"))
     path = str(tiny_demo / "imagesTs" / "test_001.nii.gz")
-    ours = eval_transforms(with_label=False)({"image": path})["image"]
-    theirs = parser.get_parsed_content("preprocessing")({"image": path})["image"]
-    assert torch.allclose(ours.as_tensor(), theirs.as_tensor())
+    train = ConfigParser()
+    train.read_config(config(bundle, "train.json"))
+    for norm in INTENSITY_NORMS:
+        parser = ConfigParser()
+        parser.read_config(config(bundle, "inference.json"))
+        assert parser["intensity_norm"] == train["intensity_norm"]
+        parser["intensity_norm"] = norm
+        train["validate#preprocessing#intensity_norm"] = norm
+        train["validate#preprocessing#with_label"] = False
+        ours = train.get_parsed_content("validate#preprocessing", lazy=False)({"image": path})["image"]
+        theirs = parser.get_parsed_content("preprocessing")({"image": path})["image"]
+        assert ours.shape == theirs.shape, norm
+        assert torch.allclose(ours.as_tensor(), theirs.as_tensor(), atol=1e-6), norm
+        if norm != "none":
+            direct = eval_transforms(with_label=False, intensity_norm=norm)({"image": path})["image"]
+            assert not torch.allclose(direct.as_tensor(), eval_transforms(with_label=False, intensity_norm="none")(
+                {"image": path})["image"].as_tensor()), norm
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
