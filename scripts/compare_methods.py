@@ -10,16 +10,25 @@ and augmentations. A variant is a bundle plus optional config overlays merged af
         --variants supervised mean_teacher mean_teacher+strong_views --out results/compare
 
 Writes ``<out>/compare.json`` (every run, every metric, wall times) and ``<out>/results.md`` (mean +- standard
-deviation over seeds, and every seed), which ``docs/results.md`` quotes with the command.
+deviation over seeds, and every seed), which ``docs/results.md`` quotes with the command. Each run's
+``run.json`` records the overrides it was given, the settings it ran with (every top-level tunable and component of
+the merged configs: network, method, recipe) and the git commit; ``--resume`` reuses a finished run only when its
+recorded settings equal the ones this command would give it, and otherwise stops naming the settings that differ.
+
+``--eval-set ID=VALUE ...`` also evaluates each run's student with those evaluate overrides (e.g.
+``overlap=0.5 blend_mode=constant``), as a role of its own (``student[overlap=0.5,blend_mode=constant]``), so
+evaluation settings are compared on the same weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "shared"))
+
+from monai.bundle import ConfigParser  # noqa: E402
 
 from semiseg.bundle import run_bundle  # noqa: E402
 from semiseg.data.demo import make_demo_dataset  # noqa: E402
@@ -50,6 +61,47 @@ ROLES = {
 }
 
 
+# Top-level ids that are paths, structure or run plumbing, not settings that change what a run learns.
+NOT_SETTINGS = frozenset({
+    "_generated_", "_meta_", "imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "device", "amp",
+    "is_main_process", "resume", "overwrite", "progress", "log_every", "num_workers", "initialize", "run", "training",
+    "train", "validate", "checkpoint", "finalize",
+})
+
+
+def _literal(value: object) -> object:
+    """An override's value as the command line hands it to MONAI (Python Fire parses literals)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def run_settings(variant: str, overrides: dict) -> dict:
+    """What one run of ``variant`` is trained with: the merged configs' top-level settings and components (every
+    id but paths, plumbing and ``$`` expressions), with ``overrides`` applied, as JSON-comparable values."""
+    bundle, configs = _configs(variant)
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / bundle / "configs" / c) for c in configs])
+    config = parser.get()
+    for key, value in overrides.items():
+        config[str(key)] = _literal(str(value) if isinstance(value, Path) else value)
+    settings = {key: value for key, value in config.items()
+                if key not in NOT_SETTINGS and not (isinstance(value, str) and value.startswith("$"))}
+    return json.loads(json.dumps(settings, default=str))
+
+
+def git_commit() -> str:
+    """The repository's commit, with ``+dirty`` when tracked files have uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def _configs(variant: str) -> tuple[str, list[str]]:
     bundle, *extras = variant.split("+")
     return bundle, ["train.json", *(f"{extra}.json" for extra in extras)]
@@ -68,19 +120,32 @@ def _common(variant: str, seed: int, args: argparse.Namespace) -> dict:
     return common
 
 
+def roles(args: argparse.Namespace) -> dict[str, tuple[str, tuple[str, ...], dict]]:
+    """``ROLES``, plus the student evaluated with ``--eval-set`` overrides when given."""
+    extra = dict(kv.split("=", 1) for kv in getattr(args, "eval_set", None) or [])
+    if not extra:
+        return ROLES
+    name = "student[" + ",".join(f"{k}={v}" for k, v in extra.items()) + "]"
+    return {**ROLES, name: ("model.pt", (), extra)}
+
+
+def _role_dir(role: str) -> str:
+    return "eval_" + "".join(c if c.isalnum() or c in "._-" else "_" for c in role).strip("_")
+
+
 def evaluate_roles(result: dict, variant: str, seed: int, args: argparse.Namespace) -> bool:
-    """Evaluate every role (``ROLES``) whose weights the run wrote and ``result`` lacks; True if any was added."""
+    """Evaluate every role (:func:`roles`) whose weights the run wrote and ``result`` lacks; True if any was added."""
     bundle, configs = _configs(variant)
     out = args.out / f"{variant}_seed{seed}"
     models = out / "models"
     added = False
-    for role, (weights, needs, overrides) in ROLES.items():
+    for role, (weights, needs, overrides) in roles(args).items():
         if role in result or not all((models / name).is_file() for name in (weights, *needs)):
             continue
-        eval_dir = out / f"eval_{role}"
+        eval_dir = out / _role_dir(role)
         run_bundle(bundle, None, [*configs, "evaluate.json"],
                    {**_common(variant, seed, args), "output_dir": eval_dir, "model_file": models / weights,
-                    **overrides}, log_file=out / f"evaluate_{role}.log")
+                    **overrides}, log_file=out / f"{_role_dir(role).replace('eval_', 'evaluate_', 1)}.log")
         result[role] = _metrics(eval_dir, args)
         added = True
     return added
@@ -97,7 +162,7 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     start = time.time()
     run_bundle(bundle, "training", configs, train, log_file=out / "train.log")
     train_s = time.time() - start
-    result: dict = {"variant": variant, "seed": seed, "train_s": round(train_s, 1)}
+    result: dict = {"variant": variant, "seed": seed, "train_s": round(train_s, 1), **_provenance(variant, seed, args)}
     evaluate_roles(result, variant, seed, args)
     result["wall_s"] = round(time.time() - start, 1)
     (out / RUN_FILE).write_text(json.dumps(result, indent=2))
@@ -107,6 +172,34 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
           + (f", teacher {100 * result['teacher']['dice']['mean']:.1f}" if "teacher" in result else "")
           + f" in {result['wall_s']:.0f} s", flush=True)
     return result
+
+
+def _train_overrides(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """The overrides that decide what a run learns (``_common`` and the budget; not its folders)."""
+    common = _common(variant, seed, args)
+    return {k: str(v) for k, v in {**common, "max_iterations": args.iterations}.items()
+            if k not in ("dataset_dir", "ckpt_dir")}
+
+
+def _provenance(variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """What ``run.json`` records of how a run was made: its overrides, its settings, the data and the commit."""
+    overrides = _train_overrides(variant, seed, args)
+    return {"overrides": overrides, "settings": run_settings(variant, overrides), "data": str(args.data),
+            "commit": git_commit()}
+
+
+def settings_mismatch(recorded: dict, variant: str, seed: int, args: argparse.Namespace) -> list[str]:
+    """The settings (and data folder) a finished run's ``run.json`` differs in from what this command would run;
+    ``["settings"]`` for a run that recorded none (made before runs recorded them)."""
+    if "settings" not in recorded:
+        return ["settings (this run recorded none)"]
+    current = _provenance(variant, seed, args)
+    keys = sorted(set(recorded["settings"]) | set(current["settings"]))
+    differ = [f"{k}: {recorded['settings'].get(k, '<absent>')!r} then, {current['settings'].get(k, '<absent>')!r} now"
+              for k in keys if recorded["settings"].get(k) != current["settings"].get(k)]
+    if recorded.get("data") != current["data"]:
+        differ.append(f"data: {recorded.get('data')!r} then, {current['data']!r} now")
+    return differ
 
 
 def _metrics(eval_dir: Path, args: argparse.Namespace) -> dict:
@@ -129,9 +222,9 @@ def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
     if (out / RUN_FILE).is_file():
         return json.loads((out / RUN_FILE).read_text())
     result: dict = {"variant": variant, "seed": seed, "train_s": float("nan")}
-    for role in ROLES:
-        if (out / f"eval_{role}" / "dice_raw.csv").is_file():
-            result[role] = _metrics(out / f"eval_{role}", args)
+    for role in roles(args):
+        if (out / _role_dir(role) / "dice_raw.csv").is_file():
+            result[role] = _metrics(out / _role_dir(role), args)
     return result if "student" in result else None
 
 
@@ -140,6 +233,11 @@ def run_or_reuse(variant: str, seed: int, args: argparse.Namespace) -> dict:
     done = args.out / f"{variant}_seed{seed}" / RUN_FILE
     if args.resume and done.is_file():
         result = json.loads(done.read_text())
+        differ = settings_mismatch(result, variant, seed, args)
+        if differ:
+            raise SystemExit(
+                f"--resume: {done} was made with other settings than this command gives it; move it away or use "
+                f"another --out (nothing reused). Differences: " + "; ".join(differ))
         if evaluate_roles(result, variant, seed, args):  # weights a role needs, written before the role existed
             done.write_text(json.dumps(result, indent=2))
         print(f"{variant:28s} seed={seed}: finished before, reused", flush=True)
@@ -152,26 +250,28 @@ def _mean_sd(values: list[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLASSES) -> str:
+def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLASSES,
+          all_roles: dict | None = None) -> str:
     """Markdown: mean ± sd over seeds per variant and role, then every run."""
+    all_roles = ROLES if all_roles is None else all_roles
     lines = ["| variant | weights | seeds | " + " | ".join(f"Dice {c}" for c in classes)
              + " | Dice mean | HD95 mean (mm) | ASD mean (mm) |", "|---|---|---|" + "---|" * (len(classes) + 3)]
     for variant in variants:
-        for role in ROLES:
+        for role in all_roles:
             rows = [r[role] for r in runs if r["variant"] == variant and role in r]
             if not rows:
                 continue
             cells = [_mean_sd([100 * m["dice"][c] for m in rows]) for c in (*classes, "mean")]
             cells += [_mean_sd([m[k]["mean"] for m in rows]) for k in ("hd95", "asd")]
             lines.append(f"| {variant} | {role} | {len(rows)} | " + " | ".join(cells) + " |")
-    roles = [role for role in ROLES if role == "student" or any(role in r for r in runs)]
-    lines += ["", "| variant | seed | " + " | ".join(f"{role} Dice mean" for role in roles) + " | train wall (s) |",
-              "|---|---|" + "---|" * (len(roles) + 1)]
+    shown = [role for role in all_roles if role == "student" or any(role in r for r in runs)]
+    lines += ["", "| variant | seed | " + " | ".join(f"{role} Dice mean" for role in shown) + " | train wall (s) |",
+              "|---|---|" + "---|" * (len(shown) + 1)]
     for r in runs:
-        cells = [f"{100 * r[role]['dice']['mean']:.1f}" if role in r else "-" for role in roles]
+        cells = [f"{100 * r[role]['dice']['mean']:.1f}" if role in r else "-" for role in shown]
         wall = "-" if r["train_s"] != r["train_s"] else f"{r['train_s']:.0f}"  # NaN: not recorded
         lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(cells) + f" | {wall} |")
-    qc = [(r["variant"], role, r["seed"], r[role]["qc_spearman"]) for r in runs for role in ROLES
+    qc = [(r["variant"], role, r["seed"], r[role]["qc_spearman"]) for r in runs for role in all_roles
           if role in r and "qc_spearman" in r[role]]
     if qc:
         lines += ["", "| variant | weights | Spearman(AULA, Dice) per seed | mean ± sd |", "|---|---|---|---|"]
@@ -191,6 +291,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     parser.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="extra overrides for every run")
+    parser.add_argument("--eval-set", nargs="*", default=[], metavar="ID=VALUE",
+                        help="also evaluate each run's student with these evaluate overrides (its own role)")
     parser.add_argument("--data", type=Path, default=DEMO,
                         help="data set folder (any layout the bundles read); the default demo is generated if missing")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "compare")
@@ -228,7 +330,7 @@ def main() -> None:
                "seeds": args.seeds, "variants": args.variants, "wall_s": round(time.time() - start, 1), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(summary, indent=2))
-    text = table(runs, args.variants, _classes(args))
+    text = table(runs, args.variants, _classes(args), roles(args))
     (args.out / "results.md").write_text(f"`{summary['command']}` ({summary['wall_s']:.0f} s)\n\n{text}")
     print(text)
 

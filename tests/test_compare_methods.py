@@ -58,3 +58,24 @@ def test_cps_students_and_their_mean_are_evaluated_and_a_missing_evaluation_is_m
     _compare(tiny_demo, out, "--resume", variant="cps")
     assert "students_mean" in json.loads(run_file.read_text())
     assert (out / "cps_seed0" / "evaluate_students_mean.log").is_file()
+
+
+def test_run_records_its_settings_and_resume_refuses_other_settings(tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    _compare(tiny_demo, out, "--eval-set", "overlap=0.5", "blend_mode=constant")
+    run = json.loads((out / "supervised_seed0" / "run.json").read_text())
+    assert run["settings"]["roi_size"] == [32, 32, 32] and run["settings"]["intensity_norm"] == "percentile"
+    assert run["settings"]["network_def"]["_target_"] == "UNet"
+    assert run["overrides"]["roi_size"] == "[32,32,32]" and run["commit"]
+    assert "student[overlap=0.5,blend_mode=constant]" in run
+    assert (out / "supervised_seed0" / "eval_student_overlap_0.5_blend_mode_constant" / "dice_raw.csv").is_file()
+
+    cmd = [sys.executable, str(SCRIPT), "--variants", "supervised", "--seeds", "0", "--iterations", "2",
+           "--parallel", "1", "--data", str(tiny_demo), "--out", str(out), "--resume",
+           "--set", "num_val=1", "roi_size=[32,32,32]", "iterations_per_epoch=2", "val_interval=1",
+           "intensity_norm=zscore"]
+    refused = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert refused.returncode != 0
+    assert "other settings" in refused.stderr and "intensity_norm: 'percentile' then, 'zscore' now" in refused.stderr
+    assert json.loads((out / "supervised_seed0" / "run.json").read_text()) == run  # nothing reused or replaced
