@@ -18,8 +18,10 @@ install: $(STAMP)
 configs: $(STAMP)
 	$(PY) -m semiseg.bundle_config
 
+# SCENARIO=two_site: labels from one scanner, unlabelled and test images from another (docs/data.md).
+SCENARIO ?= default
 demo: $(STAMP)
-	$(PY) scripts/run_demo.py
+	$(PY) scripts/run_demo.py --scenario $(SCENARIO)
 
 # The 15-minute suite; the slow end-to-end checks below (markers torchrun, release) are CI steps of their own.
 test: $(STAMP)

@@ -40,12 +40,14 @@ sys.path.insert(0, str(REPO / "shared"))
 from monai.bundle import ConfigParser  # noqa: E402
 
 from semiseg.bundle import run_bundle  # noqa: E402
-from semiseg.data.demo import make_demo_dataset  # noqa: E402
+from semiseg.data.demo import SCENARIOS, make_scenario  # noqa: E402
 from semiseg.reporting import read_metric_csvs  # noqa: E402
 from semiseg.reporting_qc import spearman  # noqa: E402
 
 CLASSES = ("organ", "lesion")
 DEMO = REPO / "data" / "demo"
+SCENARIO_DATA = {"default": DEMO, "two_site": REPO / "data" / "demo_two_site"}
+"""Each demo scenario's data folder (``scripts/make_demo_data.py --scenario``), generated when missing."""
 RUN_FILE = "run.json"  # one finished run's metrics and wall times, in its folder
 BINARY_CLASSES = ("foreground",)
 # The demo as a binary task (foreground = organ including its lesions): what the bpl bundle trains by default, and
@@ -111,9 +113,15 @@ def _classes(args: argparse.Namespace) -> tuple[str, ...]:
     return BINARY_CLASSES if args.binary else CLASSES
 
 
+def run_dir(variant: str, seed: int, args: argparse.Namespace) -> Path:
+    """One run's folder: ``<out>/<variant>_seed<k>``, with the scenario's name before the seed unless default."""
+    scenario = getattr(args, "scenario", "default")
+    return args.out / (f"{variant}_seed{seed}" if scenario == "default" else f"{variant}_{scenario}_seed{seed}")
+
+
 def _common(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """The overrides every workflow of one run gets: data, checkpoint folder, seed, budget, ``--binary``, ``--set``."""
-    out = args.out / f"{variant}_seed{seed}"
+    out = run_dir(variant, seed, args)
     common = {"dataset_dir": args.data, "ckpt_dir": out / "models", "seed": seed, "num_labelled": args.budget,
               "num_workers": 0, **(BINARY_OVERRIDES if args.binary else {})}
     common.update(kv.split("=", 1) for kv in args.set)
@@ -136,7 +144,7 @@ def _role_dir(role: str) -> str:
 def evaluate_roles(result: dict, variant: str, seed: int, args: argparse.Namespace) -> bool:
     """Evaluate every role (:func:`roles`) whose weights the run wrote and ``result`` lacks; True if any was added."""
     bundle, configs = _configs(variant)
-    out = args.out / f"{variant}_seed{seed}"
+    out = run_dir(variant, seed, args)
     models = out / "models"
     added = False
     for role, (weights, needs, overrides) in roles(args).items():
@@ -154,7 +162,7 @@ def evaluate_roles(result: dict, variant: str, seed: int, args: argparse.Namespa
 def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """Train one variant with one seed, evaluate every role its weights allow (``ROLES``), return the metrics."""
     bundle, configs = _configs(variant)
-    out = args.out / f"{variant}_seed{seed}"
+    out = run_dir(variant, seed, args)
     out.mkdir(parents=True, exist_ok=True)
     common = _common(variant, seed, args)
     train = {**common, "output_dir": out / "train", "max_iterations": args.iterations, "log_every": 500,
@@ -185,7 +193,7 @@ def _provenance(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """What ``run.json`` records of how a run was made: its overrides, its settings, the data and the commit."""
     overrides = _train_overrides(variant, seed, args)
     return {"overrides": overrides, "settings": run_settings(variant, overrides), "data": str(args.data),
-            "commit": git_commit()}
+            "scenario": args.scenario, "commit": git_commit()}
 
 
 def settings_mismatch(recorded: dict, variant: str, seed: int, args: argparse.Namespace) -> list[str]:
@@ -197,8 +205,9 @@ def settings_mismatch(recorded: dict, variant: str, seed: int, args: argparse.Na
     keys = sorted(set(recorded["settings"]) | set(current["settings"]))
     differ = [f"{k}: {recorded['settings'].get(k, '<absent>')!r} then, {current['settings'].get(k, '<absent>')!r} now"
               for k in keys if recorded["settings"].get(k) != current["settings"].get(k)]
-    if recorded.get("data") != current["data"]:
-        differ.append(f"data: {recorded.get('data')!r} then, {current['data']!r} now")
+    for key in ("data", "scenario"):
+        if recorded.get(key, "default" if key == "scenario" else None) != current[key]:
+            differ.append(f"{key}: {recorded.get(key)!r} then, {current[key]!r} now")
     return differ
 
 
@@ -218,7 +227,7 @@ def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
 
     A run this script finished has ``run.json`` (with its wall times); an older one is read from its evaluation
     CSVs, without the times."""
-    out = args.out / f"{variant}_seed{seed}"
+    out = run_dir(variant, seed, args)
     if (out / RUN_FILE).is_file():
         return json.loads((out / RUN_FILE).read_text())
     result: dict = {"variant": variant, "seed": seed, "train_s": float("nan")}
@@ -230,7 +239,7 @@ def collect(variant: str, seed: int, args: argparse.Namespace) -> dict | None:
 
 def run_or_reuse(variant: str, seed: int, args: argparse.Namespace) -> dict:
     """``one_run``, unless ``--resume`` and the run already finished under ``--out``."""
-    done = args.out / f"{variant}_seed{seed}" / RUN_FILE
+    done = run_dir(variant, seed, args) / RUN_FILE
     if args.resume and done.is_file():
         result = json.loads(done.read_text())
         differ = settings_mismatch(result, variant, seed, args)
@@ -293,8 +302,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="extra overrides for every run")
     parser.add_argument("--eval-set", nargs="*", default=[], metavar="ID=VALUE",
                         help="also evaluate each run's student with these evaluate overrides (its own role)")
-    parser.add_argument("--data", type=Path, default=DEMO,
-                        help="data set folder (any layout the bundles read); the default demo is generated if missing")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="default",
+                        help="demo scenario (docs/data.md): its data folder is the default --data, generated if"
+                             " missing; its name is part of every run's folder and run.json")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="data set folder (any layout the bundles read); default: the scenario's demo folder")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "compare")
     parser.add_argument("--binary", action="store_true",
                         help="the demo as a binary task (labels > 0 are foreground) for every variant; bpl always is")
@@ -311,21 +323,24 @@ def main() -> None:
             parser.error(f"variant {variant!r}: bundles/{bundle}/configs has no {missing}")
     if args.parallel > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+    generated = args.data is None
+    args.data = SCENARIO_DATA[args.scenario] if generated else args.data
 
     start = time.time()
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     if args.summarize_only:
         runs = [r for r in (collect(*job, args) for job in jobs) if r is not None]
     else:
-        if args.data == DEMO:
-            make_demo_dataset(args.data)  # generated once; an existing demo with the same parameters is kept
+        if generated:
+            make_scenario(args.scenario, args.data)  # generated once; one with the same parameters is kept
         elif not args.data.is_dir():
             parser.error(f"--data {args.data}: no such folder")
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             runs = list(pool.map(lambda job: run_or_reuse(*job, args), jobs))
     if not runs:
         sys.exit(f"no finished run under {args.out}")
-    summary = {"command": " ".join(["python", *sys.argv]), "iterations": args.iterations, "budget": args.budget,
+    summary = {"command": " ".join(["python", *sys.argv]), "scenario": args.scenario, "data": str(args.data),
+               "iterations": args.iterations, "budget": args.budget,
                "classes": list(_classes(args)),
                "seeds": args.seeds, "variants": args.variants, "wall_s": round(time.time() - start, 1), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ Usage (from any directory)::
 
     python scripts/make_demo_data.py                     # -> <repo>/data/demo, 20 training + 8 test cases, 64^3
     python scripts/make_demo_data.py --out-dir /tmp/demo --seed 1 --overwrite
+    python scripts/make_demo_data.py --scenario two_site # -> <repo>/data/demo_two_site (+ data/demo_two_site_oracle)
 
 An existing complete data set made with the same parameters is kept unless ``--overwrite`` is given.
 See docs/data.md for what the phantom contains and how it was calibrated.
@@ -21,10 +22,11 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
-from semiseg.data.demo import make_demo_dataset
+from semiseg.data.demo import SCENARIOS, make_demo_dataset, make_two_site_dataset
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "data" / "demo"
+SCENARIO_DIRS = {"default": DEFAULT_OUT_DIR, "two_site": REPO_ROOT / "data" / "demo_two_site"}
 
 
 def _split_summary(root: pathlib.Path, name: str, entries: list[dict[str, str]]) -> str:
@@ -48,7 +50,11 @@ def _split_summary(root: pathlib.Path, name: str, entries: list[dict[str, str]])
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses arguments, generates the data set and prints what it wrote; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=pathlib.Path, default=DEFAULT_OUT_DIR, help=f"default {DEFAULT_OUT_DIR}")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="default",
+                        help="default: one site, a narrow labelled protocol (docs/data.md); two_site: labels from site "
+                             "A, unlabelled and test images from site B, plus a calibration-only oracle folder")
+    parser.add_argument("--out-dir", type=pathlib.Path, default=None,
+                        help=f"default {DEFAULT_OUT_DIR} (two_site: {SCENARIO_DIRS['two_site']})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=20)
     parser.add_argument("--num-reference", type=int, default=4, help="first training cases on the reference protocol")
@@ -56,10 +62,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"))
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if a complete data set exists")
     args = parser.parse_args(argv)
+    out_dir = args.out_dir or SCENARIO_DIRS[args.scenario]
 
     t0 = time.perf_counter()
+    if args.scenario == "two_site":
+        json_path = make_two_site_dataset(out_dir, seed=args.seed, num_test=args.num_test, shape=tuple(args.shape),
+                                          overwrite=args.overwrite)
+        meta = json.loads(json_path.read_text())
+        oracle = out_dir.with_name(out_dir.name + "_oracle")
+        oracle_meta = json.loads((oracle / "dataset.json").read_text())
+        print(f"two_site scenario ready: {json_path} ({time.perf_counter() - t0:.1f} s; a complete one with the "
+              "same parameters is reused)")
+        print("  " + _split_summary(out_dir, "training (site A: labelled, then validation)", meta["training"]))
+        print(f"  unlabeled (site B): {len(meta['unlabeled'])} images")
+        print("  " + _split_summary(out_dir, "test (site B)", meta["test"]))
+        print(f"  oracle for calibration only: {oracle / 'dataset.json'} ({len(oracle_meta['training'])} labelled "
+              "site-B training cases, the same site-B test cases)")
+        return 0
     json_path = make_demo_dataset(
-        args.out_dir,
+        out_dir,
         seed=args.seed,
         num_train=args.num_train,
         num_reference=args.num_reference,

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "shared"))
 
 from semiseg.bundle import bundle_command, run_bundle  # noqa: E402
-from semiseg.data.demo import make_demo_dataset  # noqa: E402
+from semiseg.data.demo import SCENARIOS, make_scenario  # noqa: E402
 from semiseg.reporting import format_table, read_metric_csvs, save_overlay_png  # noqa: E402
 
 METHODS = ("supervised", "mean_teacher")
@@ -32,13 +32,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500, help="training iterations per method")
     parser.add_argument("--num-labelled", type=int, default=2, help="labelled budget (first k training cases)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "demo")
-    parser.add_argument("--data", type=Path, default=REPO / "data" / "demo")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="default",
+                        help="the demo scenario (docs/data.md): two_site labels site A and tests on site B")
+    parser.add_argument("--out", type=Path, default=None, help="default results/demo (results/demo_<scenario>)")
+    parser.add_argument("--data", type=Path, default=None, help="default data/demo (data/demo_<scenario>)")
     args = parser.parse_args()
+    suffix = "" if args.scenario == "default" else f"_{args.scenario}"
+    args.out = args.out or REPO / "results" / f"demo{suffix}"
+    args.data = args.data or REPO / "data" / f"demo{suffix}"
 
     start = time.time()
-    print(f"=== demo data: {args.data}", flush=True)
-    dataset_json = make_demo_dataset(args.data)
+    print(f"=== demo data ({args.scenario} scenario): {args.data}", flush=True)
+    dataset_json = make_scenario(args.scenario, args.data)
     results, timings = {}, {}
     for method in METHODS:
         out = args.out / method
@@ -67,6 +72,7 @@ def main() -> None:
                            title=f"{name}: {args.num_labelled} labelled cases, {args.iterations} iterations")
 
     summary = {
+        "scenario": args.scenario,
         "num_labelled": args.num_labelled,
         "iterations": args.iterations,
         "seed": args.seed,

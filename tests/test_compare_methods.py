@@ -79,3 +79,17 @@ def test_run_records_its_settings_and_resume_refuses_other_settings(tiny_demo: P
     assert refused.returncode != 0
     assert "other settings" in refused.stderr and "intensity_norm: 'percentile' then, 'zscore' now" in refused.stderr
     assert json.loads((out / "supervised_seed0" / "run.json").read_text()) == run  # nothing reused or replaced
+
+
+def test_the_scenario_names_every_run_folder_but_the_default_one(tmp_path: Path) -> None:
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_methods", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argparse.Namespace(out=tmp_path, scenario="two_site")
+    assert module.run_dir("mean_teacher", 2, args) == tmp_path / "mean_teacher_two_site_seed2"
+    args.scenario = "default"
+    assert module.run_dir("mean_teacher", 2, args) == tmp_path / "mean_teacher_seed2"
+    assert module.SCENARIO_DATA["two_site"] == REPO / "data" / "demo_two_site"

@@ -22,12 +22,13 @@ Randomness is sampled in one place (:func:`sample_case_params`) and applied by a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import nibabel as nib
 import numpy as np
@@ -39,12 +40,17 @@ __all__ = [
     "GENERATOR_VERSION",
     "LABELS",
     "REFERENCE_PROTOCOL",
+    "SCENARIOS",
+    "SITE_A_PROTOCOL",
+    "SITE_B_PROTOCOL",
     "SPACING_MM",
     "CaseParams",
     "LesionParams",
     "Protocol",
     "case_params_dict",
     "make_demo_dataset",
+    "make_scenario",
+    "make_two_site_dataset",
     "render_case",
     "sample_case_params",
 ]
@@ -105,6 +111,11 @@ class Protocol:
     vessel_radius: Range
     vessel_gap: Range
     """Distance from the organ surface to the vessel surface, in voxels; negative values indent the organ."""
+    rim_mean: Range = (0.85, 0.95)
+    """Mean of the fat rim under the body surface (the brightest tissue of the default protocols)."""
+    spacing_mm: Range = (SPACING_MM, SPACING_MM)
+    """Isotropic voxel spacing in mm. Anatomy has a fixed physical size: at a finer spacing every structure spans
+    more voxels (lengths above are in voxels at 1.5 mm)."""
 
 
 REFERENCE_PROTOCOL = Protocol(
@@ -155,6 +166,31 @@ FULL_PROTOCOL = Protocol(
 )
 """The full protocol of the other training cases and of all test cases."""
 
+SITE_A_PROTOCOL = FULL_PROTOCOL
+"""Scenario ``two_site``, site A (where the labels come from): the full protocol's anatomy and appearance."""
+
+SITE_B_PROTOCOL = replace(
+    FULL_PROTOCOL,
+    organ_contrast=(0.24, 0.32),
+    lesion_contrast=(-0.16, -0.10),
+    vessel_factor=(1.7, 2.1),
+    rim_mean=(0.50, 0.62),
+    bias_strength=(0.30, 0.45),
+    noise_sigma=(0.04, 0.06),
+    spacing_mm=(1.20, 1.35),
+)
+"""Scenario ``two_site``, site B (another scanner: the unlabelled and test cases): the same anatomy generator and
+ranges, another mapping of tissues to intensities and another acquisition:
+
+- lesions darker than the organ (lesion minus organ -0.16..-0.10, where site A's are brighter, +0.12..+0.40: the
+  pair whose order of brightness flips), still brighter than the body (+0.08..+0.22);
+- the vessel (the lesion-like distractor on site A) bright, 1.7-2.1 times the lesion mean; the fat rim darker
+  (0.50-0.62 against 0.85-0.95);
+- a stronger smooth multiplicative bias field (log-field standard deviation 0.30-0.45 against 0-0.25);
+- more noise (Rician sigma 0.04-0.06 against 0.01-0.04);
+- a finer voxel spacing, 1.20-1.35 mm isotropic against 1.5 mm, so every structure spans 11-25% more voxels.
+"""
+
 
 @dataclass(frozen=True)
 class LesionParams:
@@ -204,6 +240,7 @@ class CaseParams:
     bias_strength: float
     noise_sigma: float
     intensity_scale: float
+    spacing_mm: float = SPACING_MM
 
 
 def _uniform(rng: np.random.Generator, bounds: Range) -> float:
@@ -231,14 +268,20 @@ def sample_case_params(rng: np.random.Generator, protocol: Protocol, shape: Sequ
     shape3 = tuple(int(s) for s in shape)
     if len(shape3) != 3 or min(shape3) < 16:
         raise ValueError(f"shape must be three ints >= 16, got {shape!r} ({type(shape).__name__})")
+    spacing = SPACING_MM
+    if protocol.spacing_mm[0] != protocol.spacing_mm[1]:
+        spacing = _uniform(rng, protocol.spacing_mm)  # drawn first; protocols with one spacing draw nothing
+    elif protocol.spacing_mm[0] != SPACING_MM:
+        spacing = float(protocol.spacing_mm[0])
     scale = min(shape3) / REFERENCE_SHAPE
+    length = scale * SPACING_MM / spacing  # anatomy in voxels of this spacing (the body fills the field of view)
     centre = (np.asarray(shape3, dtype=np.float64) - 1.0) / 2.0
 
     body_radii = np.asarray(shape3, dtype=np.float64) * np.array([0.40, 0.44, 0.44]) * rng.uniform(0.95, 1.03, 3)
     body_center = centre + rng.uniform(-1.0, 1.0, 3) * scale
     organ_scale = _uniform(rng, protocol.organ_scale)
-    organ_radii = np.array([12.0, 15.0, 13.0]) * scale * organ_scale * rng.uniform(0.93, 1.07, 3)
-    organ_center = body_center + (np.array([0.0, -3.0, -5.0]) + rng.uniform(-1, 1, 3) * protocol.organ_shift) * scale
+    organ_radii = np.array([12.0, 15.0, 13.0]) * length * organ_scale * rng.uniform(0.93, 1.07, 3)
+    organ_center = body_center + (np.array([0.0, -3.0, -5.0]) + rng.uniform(-1, 1, 3) * protocol.organ_shift) * length
     organ_angles = rng.uniform(-1.0, 1.0, 3) * math.radians(protocol.organ_rotation_deg)
     canonical_lobes = np.array([[0.3, 0.7, 0.6], [-0.4, -0.6, 0.7]])
     num_lobes = int(rng.integers(protocol.lobe_count[0], protocol.lobe_count[1] + 1))
@@ -253,7 +296,7 @@ def sample_case_params(rng: np.random.Generator, protocol: Protocol, shape: Sequ
     lesions = []
     for _ in range(num_lesions):
         placement = str(protocol.lesion_placements[int(rng.integers(len(protocol.lesion_placements)))])
-        radius = _uniform(rng, protocol.lesion_radius) * scale
+        radius = _uniform(rng, protocol.lesion_radius) * length
         radii = radius * rng.uniform(0.8, 1.2, 3)
         lesions.append(LesionParams(placement=placement, radii=_vec3(radii), pick=float(rng.uniform())))
 
@@ -262,34 +305,35 @@ def sample_case_params(rng: np.random.Generator, protocol: Protocol, shape: Sequ
         noise_seed=int(rng.integers(2**31 - 1)),
         body_center=_vec3(body_center),
         body_radii=_vec3(body_radii),
-        rim_thickness=float(rng.uniform(1.8, 2.8) * scale),
+        rim_thickness=float(rng.uniform(1.8, 2.8) * length),
         organ_center=_vec3(organ_center),
         organ_radii=_vec3(organ_radii),
         organ_angles=_vec3(organ_angles),
         lobe_offsets=tuple(lobe_offsets),
         lobe_radii=tuple(lobe_radii),
-        warp_amplitude=_uniform(rng, protocol.warp_amplitude) * scale,
+        warp_amplitude=_uniform(rng, protocol.warp_amplitude) * length,
         lesions=tuple(lesions),
-        vessel_radius=_uniform(rng, protocol.vessel_radius) * max(scale, 0.75),
-        vessel_gap=_uniform(rng, protocol.vessel_gap) * scale,
+        vessel_radius=_uniform(rng, protocol.vessel_radius) * max(length, 0.75),
+        vessel_gap=_uniform(rng, protocol.vessel_gap) * length,
         vessel_pick=float(rng.uniform()),
         vessel_tilt=(float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25))),
-        vessel_wiggle=float(rng.uniform(0.5, 2.5) * scale),
+        vessel_wiggle=float(rng.uniform(0.5, 2.5) * length),
         vessel_phase=float(rng.uniform(0.0, 2.0 * math.pi)),
-        spleen_radii=_vec3(np.array([6.5, 5.5, 7.0]) * scale * rng.uniform(0.85, 1.15, 3)),
+        spleen_radii=_vec3(np.array([6.5, 5.5, 7.0]) * length * rng.uniform(0.85, 1.15, 3)),
         spleen_pick=float(rng.uniform()),
         body_mean=float(rng.uniform(0.29, 0.31)),
         organ_contrast=_uniform(rng, protocol.organ_contrast),
         lesion_contrast=_uniform(rng, protocol.lesion_contrast),
         spleen_delta=_uniform(rng, protocol.spleen_delta),
         vessel_factor=_uniform(rng, protocol.vessel_factor),
-        rim_mean=float(rng.uniform(0.85, 0.95)),
+        rim_mean=_uniform(rng, protocol.rim_mean),
         texture_scale=_uniform(rng, protocol.texture_scale),
         blur_sigma=_uniform(rng, protocol.blur_sigma),
         gamma=_uniform(rng, protocol.gamma),
         bias_strength=_uniform(rng, protocol.bias_strength),
         noise_sigma=_uniform(rng, protocol.noise_sigma),
         intensity_scale=float(rng.uniform(300.0, 1500.0)),
+        spacing_mm=spacing,
     )
 
 
@@ -465,16 +509,17 @@ def render_case(params: CaseParams) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), label
 
 
-def _affine() -> np.ndarray:
-    return np.diag([SPACING_MM, SPACING_MM, SPACING_MM, 1.0])
+def _affine(spacing_mm: float = SPACING_MM) -> np.ndarray:
+    return np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
 
 
-def _save(array: np.ndarray, path: pathlib.Path, dtype: type) -> None:
-    img = nib.Nifti1Image(array.astype(dtype), _affine())
+def _save(array: np.ndarray, path: pathlib.Path, dtype: type, spacing_mm: float = SPACING_MM) -> None:
+    affine = _affine(spacing_mm)
+    img = nib.Nifti1Image(array.astype(dtype), affine)
     img.header.set_data_dtype(dtype)
     img.header.set_xyzt_units("mm", "sec")
-    img.header.set_qform(_affine(), code=1)
-    img.header.set_sform(_affine(), code=1)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
     nib.save(img, str(path))
 
 
@@ -601,3 +646,187 @@ def make_demo_dataset(
 def case_params_dict(params: CaseParams) -> dict[str, object]:
     """Returns ``params`` as a JSON-serialisable dict (for logging and docs)."""
     return asdict(params)
+
+
+SCENARIOS = ("default", "two_site")
+"""The demo's scenarios: ``default`` (:func:`make_demo_dataset`) and ``two_site`` (:func:`make_two_site_dataset`)."""
+
+_SITE_A, _SITE_B = 2, 3  # seed-sequence tags of the two_site scenario's sites (the default demo uses 0/1 for splits)
+
+
+def _render_entries(
+    root: pathlib.Path, items: list[tuple[str, str, str | None, int, int, Protocol]], shape: tuple[int, int, int],
+    seed: int,
+) -> list[dict[str, str]]:
+    """Render ``(name, image_dir, label_dir or None, site tag, index, protocol)`` items; returns MSD entries."""
+    entries = []
+    for name, img_dir, lbl_dir, site, index, protocol in items:
+        # Hashed entropy: seed sequences of consecutive integers gave correlated first draws (the spacing).
+        digest = hashlib.sha256(f"two_site/{int(seed)}/{site}/{index}".encode()).digest()
+        rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(digest[:16], "little")))
+        params = sample_case_params(rng, protocol, shape)
+        image, label = render_case(params)
+        for folder in (img_dir, lbl_dir):
+            if folder is not None:
+                (root / folder).mkdir(parents=True, exist_ok=True)
+        _save(image, root / img_dir / name, np.float32, params.spacing_mm)
+        entry = {"image": f"./{img_dir}/{name}"}
+        if lbl_dir is not None:
+            _save(label, root / lbl_dir / name, np.uint8, params.spacing_mm)
+            entry["label"] = f"./{lbl_dir}/{name}"
+        entries.append(entry)
+    return entries
+
+
+def _write_dataset_json(root: pathlib.Path, meta: dict) -> pathlib.Path:
+    path = root / "dataset.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.move(str(tmp), str(path))
+    return path
+
+
+def _complete(json_path: pathlib.Path, generator: dict[str, object]) -> bool:
+    try:
+        meta = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return False
+    entries = [e for key in ("training", "unlabeled", "test") for e in meta.get(key, [])]
+    return meta.get("generator") == generator and all(
+        (json_path.parent / e[k]).is_file() for e in entries for k in ("image", "label") if k in e
+    )
+
+
+def make_two_site_dataset(
+    out_dir: str | pathlib.Path,
+    oracle_dir: str | pathlib.Path | None = None,
+    seed: int = 0,
+    num_labelled: int = 2,
+    num_val: int = 2,
+    num_unlabelled: int = 20,
+    num_oracle_val: int = 2,
+    num_test: int = 8,
+    shape: Sequence[int] = (64, 64, 64),
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """The ``two_site`` scenario: labels from one scanner (site A), unlabelled and new cases from another (site B).
+
+    Both sites draw anatomy from the same generator and ranges (:data:`SITE_A_PROTOCOL`, :data:`SITE_B_PROTOCOL`
+    differ in appearance and spacing only). Writes, under ``out_dir`` (MSD layout):
+
+    - ``training``: exactly the labelled budget plus the validation cases, all site A (``imagesTr``/``labelsTr``,
+      ``a_case_XXX``): a bundle run with ``num_labelled = num_labelled`` and ``num_val = num_val`` labels and
+      validates on site A only, as a user with no labels on B would;
+    - ``unlabeled``: ``num_unlabelled`` site-B images (``imagesUn/b_case_XXX``), no labels;
+    - ``test``: ``num_test`` site-B cases with labels (``imagesTs``/``labelsTs``, ``b_test_XXX``).
+
+    and, under ``oracle_dir`` (default: ``<out_dir>_oracle``), the calibration-only oracle: the same site-B images
+    with their labels in ``training`` (the ``num_unlabelled`` cases, then ``num_oracle_val`` more site-B cases for
+    validation) and the same site-B test cases. No site-A case is in any unlabelled, test or oracle list.
+
+    Args:
+        out_dir: the scenario's folder.
+        oracle_dir: the oracle's folder.
+        seed: data set seed; case ``i`` of a site depends only on ``(seed, site, i)``.
+        num_labelled: site-A labelled cases.
+        num_val: site-A validation cases (after the labelled ones in ``training``).
+        num_unlabelled: site-B unlabelled training images.
+        num_oracle_val: extra labelled site-B cases, the oracle's validation cases.
+        num_test: site-B test cases.
+        shape: spatial shape in voxels.
+        overwrite: regenerate even when complete data sets with the same parameters exist.
+
+    Returns:
+        The scenario's ``dataset.json``.
+
+    Raises:
+        ValueError: on invalid counts or shape.
+    """
+    counts = (("num_labelled", num_labelled, 1), ("num_val", num_val, 0), ("num_unlabelled", num_unlabelled, 1),
+              ("num_oracle_val", num_oracle_val, 0), ("num_test", num_test, 1))
+    for name, value, low in counts:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r} ({type(value).__name__})")
+    shape3 = tuple(int(v) for v in shape)
+    if len(shape3) != 3 or min(shape3) < 16:
+        raise ValueError(f"shape must be three ints >= 16, got {shape!r} ({type(shape).__name__})")
+    root = pathlib.Path(out_dir)
+    oracle = pathlib.Path(oracle_dir) if oracle_dir is not None else root.with_name(root.name + "_oracle")
+    generator: dict[str, object] = {
+        "scenario": "two_site", "version": GENERATOR_VERSION, "seed": int(seed), "num_labelled": int(num_labelled),
+        "num_val": int(num_val), "num_unlabelled": int(num_unlabelled), "num_oracle_val": int(num_oracle_val),
+        "num_test": int(num_test), "shape": list(shape3),
+    }
+    if not overwrite and _complete(root / "dataset.json", generator) and _complete(oracle / "dataset.json",
+                                                                                     generator):
+        return root / "dataset.json"
+    for folder in (root, oracle):
+        (folder / "dataset.json").unlink(missing_ok=True)
+        for sub in ("imagesTr", "labelsTr", "imagesUn", "imagesTs", "labelsTs"):
+            if (folder / sub).is_dir():
+                shutil.rmtree(folder / sub)
+
+    a, b = SITE_A_PROTOCOL, SITE_B_PROTOCOL
+    training = _render_entries(root, [(f"a_case_{i:03d}.nii.gz", "imagesTr", "labelsTr", _SITE_A, i, a)
+                                      for i in range(num_labelled + num_val)], shape3, seed)
+    b_train = [(f"b_case_{i:03d}.nii.gz", "imagesTr", "labelsTr", _SITE_B, i, b)
+               for i in range(num_unlabelled + num_oracle_val)]
+    oracle_training = _render_entries(oracle, b_train, shape3, seed)
+    (root / "imagesUn").mkdir(parents=True, exist_ok=True)
+    unlabeled = []
+    for name, *_ in b_train[:num_unlabelled]:  # the same site-B images, without their labels
+        shutil.copyfile(oracle / "imagesTr" / name, root / "imagesUn" / name)
+        unlabeled.append({"image": f"./imagesUn/{name}"})
+    b_test = [(f"b_test_{i:03d}.nii.gz", "imagesTs", "labelsTs", _SITE_B, 10_000 + i, b) for i in range(num_test)]
+    test = _render_entries(root, b_test, shape3, seed)
+    for sub in ("imagesTs", "labelsTs"):
+        shutil.copytree(root / sub, oracle / sub, dirs_exist_ok=True)
+    oracle_test = test
+
+    common = {
+        "tensorImageSize": "3D", "modality": {"0": "MR"}, "labels": dict(LABELS), "licence": "Apache-2.0",
+        "reference": "semiseg docs/data.md, scenario two_site", "release": f"generator v{GENERATOR_VERSION}",
+        "generator": generator, "sites": {"A": asdict(a), "B": asdict(b)},
+    }
+    _write_dataset_json(oracle, {
+        "name": "semiseg-demo-two-site-oracle",
+        "description": (
+            "Calibration only: the two_site scenario's site-B images with their labels (training: the unlabelled "
+            f"images of the scenario, then {num_oracle_val} site-B validation cases) and its site-B test cases."
+        ),
+        **common, "numTraining": len(oracle_training), "numTest": num_test, "training": oracle_training,
+        "test": oracle_test,
+    })
+    return _write_dataset_json(root, {
+        "name": "semiseg-demo-two-site",
+        "description": (
+            f"Labels from one scanner, images from another: training holds {num_labelled} labelled and {num_val} "
+            f"validation cases from site A only; unlabeled holds {num_unlabelled} site-B images; test holds "
+            f"{num_test} site-B cases. Site B maps tissues to other intensities (lesions darker than the organ, "
+            "brighter on A), with a stronger bias field, more noise and a finer spacing. Generated by "
+            "semiseg.data.demo.make_two_site_dataset."
+        ),
+        **common, "numTraining": len(training), "numTest": num_test, "training": training, "unlabeled": unlabeled,
+        "test": test,
+    })
+
+
+def make_scenario(scenario: str, out_dir: str | pathlib.Path, **kwargs: object) -> pathlib.Path:
+    """Generate one of :data:`SCENARIOS` under ``out_dir`` (keyword arguments go to its generator).
+
+    Args:
+        scenario: ``"default"`` or ``"two_site"``.
+        out_dir: the data set's folder.
+        kwargs: passed to :func:`make_demo_dataset` or :func:`make_two_site_dataset`.
+
+    Returns:
+        The data set's ``dataset.json``.
+
+    Raises:
+        ValueError: for an unknown scenario, naming the ones there are.
+    """
+    if scenario == "default":
+        return make_demo_dataset(out_dir, **kwargs)  # type: ignore[arg-type]
+    if scenario == "two_site":
+        return make_two_site_dataset(out_dir, **kwargs)  # type: ignore[arg-type]
+    raise ValueError(f"scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
