@@ -47,6 +47,33 @@ def _split_summary(root: pathlib.Path, name: str, entries: list[dict[str, str]])
     )
 
 
+def _site_picture(root: pathlib.Path, cases: list[tuple[str, dict[str, str]]], path: pathlib.Path) -> pathlib.Path:
+    """One column per case: the axial slice with the most lesion voxels (the image, then its label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(cases), figsize=(3 * len(cases), 6.2), squeeze=False)
+    for column, (title, entry) in enumerate(cases):
+        image = nib.load(str(root / entry["image"]))
+        label = np.asarray(nib.load(str(root / entry["label"])).dataobj)
+        z = int(np.argmax((label == 2).sum(axis=(0, 1))))
+        axes[0, column].imshow(np.asarray(image.dataobj)[:, :, z].T, cmap="gray", origin="lower")
+        axes[0, column].set_title(f"{title}\n{pathlib.Path(entry['image']).name}, "
+                                  f"{float(image.header.get_zooms()[0]):.2f} mm", fontsize=9)
+        axes[1, column].imshow(label[:, :, z].T, cmap="viridis", vmin=0, vmax=2, origin="lower",
+                               interpolation="nearest")
+        axes[1, column].set_title("label: organ (teal), lesion (yellow)", fontsize=8)
+        for row in range(2):
+            axes[row, column].axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parses arguments, generates the data set and prints what it wrote; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-test", type=int, default=8)
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"))
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if a complete data set exists")
+    parser.add_argument("--picture", type=pathlib.Path, default=None,
+                        help="two_site: also write a PNG of both sites' first cases (docs/figures/two_site.png)")
     args = parser.parse_args(argv)
     out_dir = args.out_dir or SCENARIO_DIRS[args.scenario]
 
@@ -78,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("  " + _split_summary(out_dir, "test (site B)", meta["test"]))
         print(f"  oracle for calibration only: {oracle / 'dataset.json'} ({len(oracle_meta['training'])} labelled "
               "site-B training cases, the same site-B test cases)")
+        if args.picture is not None:
+            cases = [("site A, labelled", e) for e in meta["training"][:2]] + [
+                ("site B, test", e) for e in meta["test"][:2]]
+            print(f"  picture: {_site_picture(out_dir, cases, args.picture)}")
         return 0
     json_path = make_demo_dataset(
         out_dir,
