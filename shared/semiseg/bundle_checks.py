@@ -39,6 +39,7 @@ from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator, ConfigComponent
 
 from .errors import SettingError
+from .settings import AUTO_WORDS, flag, is_flag
 
 __all__ = [
     "SETTING_RULES",
@@ -293,19 +294,51 @@ def tracking_ids(tracking: Any) -> list[str]:
     return [str(k) for k in dict(settings.get("configs", {}))]
 
 
+def _component_flag_problem(parser: ConfigParser, key: str, value: Any) -> str | None:
+    """Why a command-line ``value`` for a nested boolean (a component's own ``true``/``false`` argument, which no
+    :func:`semiseg.settings.flag` reads) would be misread, or None.
+
+    The command line (Python Fire) passes ``True`` / ``False`` as bools but ``true`` / ``false`` / ``no`` as
+    strings, and a component given the string ``"false"`` takes it as true.
+    """
+    id_ = key.lstrip("+").replace("::", _ID_SEP)
+    if _ID_SEP not in id_ or id_ not in parser or not isinstance(parser[id_], bool):
+        return None
+    given = _literal(value) if isinstance(value, str) else value
+    if isinstance(given, bool) or (_is_int(given) and given in (0, 1)):
+        return None
+    parent = parser[id_.rpartition(_ID_SEP)[0]]
+    target = parent.get("_target_") if isinstance(parent, dict) else None
+    who = f"{target} takes" if isinstance(target, str) else "the config takes"
+    return (
+        f"setting --{key} {value!r}: '{id_}' is a true/false argument that {who} as given, and the command line "
+        f"passes {value!r} as a string, which Python reads as true; write --{key} True or --{key} False "
+        "(capitalised: the command line turns these into booleans) (nothing was run)."
+    )
+
+
 def check_overrides(
-    config_file: str | Sequence[str], overrides: Iterable[str] | Mapping[str, Any], tracking: Any = None
+    config_file: str | Sequence[str], overrides: Iterable[str] | Mapping[str, Any], tracking: Any = None,
+    from_command_line: bool = False,
 ) -> None:
-    """Fail when an override names no id of the config files (a misspelt setting).
+    """Fail when an override names no id of the config files (a misspelt setting), or would be misread.
+
+    A value for a nested boolean id (``--train#dataloader#shuffle false``: a component's own argument, read by no
+    :func:`semiseg.settings.flag`) must be a real bool: given on the command line as ``false``, it would arrive as
+    the string ``"false"``, which Python reads as true. Top-level boolean settings (``--binarise_label false``)
+    are read by :func:`semiseg.settings.flag` where they are used and accept ``true``/``false``/``yes``/``no``.
 
     Args:
         config_file: the config file(s) the run merges, as given to ``monai.bundle.run`` (a path, a list, or a
             comma-separated string).
         overrides: the override ids (or ``{id: value}``), e.g. ``["max_iterations", "network_def#dropout"]``.
         tracking: ``monai.bundle.run``'s ``tracking`` argument; the ids it adds (:func:`tracking_ids`) are known.
+        from_command_line: the values of ``overrides`` are command-line text (:func:`cli_run_args`), which the
+            command line turns into Python values as Python Fire does (``False`` -> False, ``false`` -> "false").
 
     Raises:
-        SettingError: one problem per unknown id, naming it, the config files, and the closest known ids.
+        SettingError: one problem per unknown id, naming it, the config files, and the closest known ids; one per
+            nested boolean given a value that is not a bool (or 0 / 1).
     """
     merged = ConfigParser.load_config_files(config_file)
     for key in tracking_ids(tracking):
@@ -314,6 +347,12 @@ def check_overrides(
     files = [config_file] if isinstance(config_file, str) else [str(f) for f in config_file]
     where = " + ".join(files)
     problems = [p for key in overrides if (p := _override_problem(parser, str(key), where)) is not None]
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            given = _literal(value) if from_command_line and isinstance(value, str) else value
+            problem = _component_flag_problem(parser, str(key), given)
+            if problem is not None:
+                problems.append(problem)
     if problems:
         raise SettingError(problems)
 
@@ -344,6 +383,9 @@ def _number(
     return ok, f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
+_FLAG = "true or false (also 1/0, yes/no, any case)"
+
+
 def _roi(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and v >= 1 for v in value)
 
@@ -352,12 +394,6 @@ def _overlap(value: Any) -> bool:
     """A fraction in [0, 1), or one per spatial axis (the LA protocol's ``[0.839, 0.839, 0.95]``)."""
     values = value if isinstance(value, (list, tuple)) and len(value) == 3 else [value]
     return all(_is_number(v) and 0.0 <= v < 1.0 for v in values)
-
-
-def _flag(value: Any) -> bool:
-    return isinstance(value, bool) or value in (0, 1) or (
-        isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no")
-    )
 
 
 def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
@@ -388,15 +424,17 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "blend_mode": _one_of("gaussian", "constant"),
     "intensity_norm": _one_of("percentile", "zscore", "none"),
     "label_crop": _one_of("balanced", "uniform"),
-    "rot90": (_flag, "true or false"),
+    "rot90": (is_flag, _FLAG),
     "ema_decay": _number(0.0, 1.0),
     "consistency": _number(0.0),
     "consistency_rampup": _number(0.0),
     "nonfinite_voxels": ((lambda v: v in ("error", "replace")), "'error' or 'replace'"),
+    "dropout": _number(0.0, 1.0, high_open=True),
     "progress": (
-        (lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and v.lower() in ("auto", "true", "false"))),
-        "true, false or auto (null: a bar only in a terminal)",
+        (lambda v: v is None or is_flag(v) or (isinstance(v, str) and v.strip().lower() in AUTO_WORDS)),
+        "true, false or auto (also 1/0, yes/no, any case; null: a bar only in a terminal)",
     ),
+    **{name: (is_flag, _FLAG) for name in ("amp", "resume", "overwrite", "init_strict", "binarise_label")},
 }
 """Each checked setting and ``(test, what it must be)``. A bundle's own tunables join by adding a rule here."""
 
@@ -423,7 +461,7 @@ def check_settings(**settings: Any) -> None:
                 f"--{name} <value> or in the config (nothing was run)."
             )
     roi, rot90 = settings.get("roi_size"), settings.get("rot90")
-    if _roi(roi) and _flag(rot90) and str(rot90).strip().lower() in ("true", "1", "yes") and roi[0] != roi[1]:
+    if _roi(roi) and is_flag(rot90) and flag(rot90, "rot90") and roi[0] != roi[1]:
         problems.append(
             f"setting rot90 turns crops in the plane of their first two axes, which needs roi_size[0] == roi_size[1], "
             f"got roi_size {list(roi)}: pass --rot90 false or a crop with equal first two sides (nothing was run)."
@@ -474,6 +512,6 @@ def check_run(**settings: Any) -> bool:
     """
     cli = cli_run_args()
     if cli is not None and cli.config_file is not None and cli.overrides:
-        check_overrides(cli.config_file, cli.overrides, cli.tracking)
+        check_overrides(cli.config_file, cli.overrides, cli.tracking, from_command_line=True)
     check_settings(**settings)
     return True

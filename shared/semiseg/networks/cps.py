@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..settings import flag
+
 __all__ = ["INIT_SCHEMES", "init_conv_weights", "SoftmaxAverage", "inference_network"]
 
 INIT_SCHEMES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -85,19 +87,17 @@ def inference_network(student: nn.Module, second: nn.Module | None, ensemble: An
         student: the first student (``models/model.pt``).
         second: the second student (``models/model_2.pt``), moved to the first one's device when used; may be None
             when ``ensemble`` is off.
-        ensemble: the bundle setting ``ensemble_students``: a bool, or ``true`` / ``false`` as the command line passes
-            it (any case).
+        ensemble: the bundle setting ``ensemble_students``, read by :func:`semiseg.settings.flag` (a bool, or
+            ``true`` / ``false`` / 1 / 0 / ``yes`` / ``no`` as the command line passes it).
 
     Returns:
         ``student``, or ``SoftmaxAverage([student, second])``.
 
     Raises:
-        ValueError: if ``ensemble`` is not a boolean setting, or is on without a second student.
+        SettingError: if ``ensemble`` is not a boolean setting.
+        ValueError: if it is on without a second student.
     """
-    text = str(ensemble).strip().lower()
-    if not isinstance(ensemble, bool) and text not in ("true", "false"):
-        raise ValueError(f"bundle setting 'ensemble_students' must be true or false, got {ensemble!r}.")
-    if not (ensemble is True or text == "true"):
+    if not flag(ensemble, "ensemble_students"):
         return student
     if second is None:
         raise ValueError("ensemble_students is on but there is no second student (network_2) to average with.")
