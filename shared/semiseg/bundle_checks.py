@@ -11,19 +11,26 @@ does not have is silently *added* as a new id: ``--max_iteration 4`` (for ``max_
   (``train#trainer#max_epochs``, ``network_def#dropout``) must name an existing parent, and a new key under a
   component must be an argument its ``_target_`` takes;
 - checks the values of the settings it is given against :data:`SETTING_RULES` (:func:`check_settings`):
-  ``--max_iterations 0`` fails with the setting's name instead of a ``ZeroDivisionError``, ``-5`` no longer trains.
+  ``--max_iterations 0`` fails with the setting's name instead of a ``ZeroDivisionError``, ``-5`` no longer trains,
+  ``--dropout 1.5`` fails before the network is built, ``--resume maybe`` before anything is read (boolean settings
+  are read by :func:`semiseg.settings.flag`).
+
+Two more ``initialize`` steps check what a setting means for the run: :func:`check_network_input` (the network
+takes a ``roi_size`` input: a forward pass on the ``meta`` device) and :func:`check_weights` (the weights inference
+and evaluate load exist, are readable and fit the network: :mod:`semiseg.checkpoint_files`).
 
 An in-process ``monai.bundle.run(config_file=..., **overrides)`` call does not go through ``sys.argv``; call
 :func:`check_overrides` with the same arguments to check it. Every failure is a
 :class:`~semiseg.errors.SettingError`, which the command line reports in one line (:mod:`semiseg.errors`).
 
-This module imports only MONAI and the standard library (and :mod:`semiseg.errors` relatively), so an
+This module imports only MONAI, torch and the standard library (and semiseg modules relatively), so an
 ``inference.json`` can use it and still run from a bundle zip with MONAI alone (``scripts/package_bundles.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import functools
 import inspect
@@ -35,15 +42,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator, ConfigComponent
 
+from .checkpoint_files import CheckpointFileError, read_checkpoint, state_dict_of, state_dict_problem
 from .errors import SettingError
 from .settings import AUTO_WORDS, flag, is_flag
 
 __all__ = [
     "SETTING_RULES",
     "RunArgs",
+    "check_network_input",
     "check_overrides",
     "check_run",
     "check_settings",
@@ -470,30 +480,137 @@ def check_settings(**settings: Any) -> None:
         raise SettingError(problems)
 
 
-def check_weights(model_file: str, workflow: str = "inference") -> bool:
-    """Fail in one line, before any input is read, when the weights a run loads are missing.
+def check_weights(model_file: str, workflow: str = "inference", network: Any = None) -> bool:
+    """Fail in one line, before any input is read, when the weights a run loads are missing or cannot be loaded.
 
     A released zip made with ``scripts/package_bundles.py --allow-no-weights``, or a bundle folder never trained,
-    has no ``models/model.pt``; without this check MONAI's ``CheckpointLoader`` fails deep in the run.
+    has no ``models/model.pt``; an interrupted copy leaves an empty or truncated one; another bundle's weights, or
+    weights trained for another class count, do not fit the network. Without this check MONAI's
+    ``CheckpointLoader`` fails deep in the run, in a long traceback that names no file
+    (:mod:`semiseg.checkpoint_files`).
 
     Args:
         model_file: the checkpoint the run loads (``@model_file``).
         workflow: what needs it, for the message.
+        network: the network the run loads it into (``@network``); None checks only that the file is readable.
 
     Returns:
         True (a value for the ``initialize`` list).
 
     Raises:
         SettingError: naming the missing file and how to get weights.
+        CheckpointFileError: naming the file and what is wrong with it (empty, truncated or corrupt, pickled
+            objects, tensors that do not fit ``network``).
     """
-    if isinstance(model_file, str) and os.path.isfile(model_file):
+    if not (isinstance(model_file, str) and os.path.isfile(model_file)):
+        path = os.path.abspath(str(model_file))
+        raise SettingError(
+            f"no trained weights: checkpoint {path} does not exist: train the bundle first, or pass --ckpt_dir with "
+            f"the folder holding {os.path.basename(path)} (or --model_file PATH); {workflow} needs trained weights. "
+            "`make demo` trains every bundle; a released zip ships models/model.pt unless it was packaged with "
+            "--allow-no-weights (nothing was run)."
+        )
+    checkpoint = read_checkpoint(model_file, f"{workflow} weights file")
+    if network is not None:
+        problem = state_dict_problem(state_dict_of(checkpoint), network, model_file)
+        if problem is not None:
+            raise CheckpointFileError(f"{workflow}: {problem} (nothing was run)")
+    return True
+
+
+_PROBE_MULTIPLES = (2, 4, 8, 16, 32, 64)
+
+
+def _forward_problem(network: torch.nn.Module, size: Sequence[int], in_channels: int) -> str | None:
+    """Why ``network`` cannot take a ``(1, in_channels, *size)`` input, or None when it can (or when that cannot be
+    told: a network whose forward pass needs real data is never refused for it).
+
+    The pass runs on a copy on PyTorch's ``meta`` device (shapes only, no arithmetic, no memory for activations,
+    no random numbers drawn); a failure there is confirmed by a real pass on the CPU, so an operation the ``meta``
+    device lacks never refuses a size that works.
+    """
+
+    def run(device: str) -> BaseException | None:
+        try:
+            probe = copy.deepcopy(network).to(device).eval()
+            with torch.no_grad():
+                probe(torch.zeros((1, in_channels, *size), device=device))
+        except Exception as err:  # noqa: BLE001  (any failure of the forward pass is the answer)
+            return err
+        return None
+
+    if run("meta") is None:
+        return None
+    err = run("cpu")
+    if err is None:
+        return None
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{lines[0][:150] if lines else type(err).__name__} ({type(err).__name__})"
+
+
+def _input_rule(network: torch.nn.Module, in_channels: int) -> tuple[int, int | None] | None:
+    """``(multiple, smallest)``: the multiple every side of the input must be, and the smallest side that works.
+
+    The multiple is the network's own ``size_divisor`` attribute when it declares one, else the smallest power of
+    two ``k`` for which a ``64 + k`` input passes :func:`_forward_problem` (a large size, so that only divisibility
+    is tested); the smallest side is the first multiple that passes. None when no power of two up to 64 works.
+    """
+    declared = getattr(network, "size_divisor", None)
+    if _is_int(declared) and declared >= 1:
+        multiple = int(declared)
+    else:
+        multiple = next((k for k in _PROBE_MULTIPLES if _forward_problem(network, [64 + k] * 3, in_channels) is None),
+                        None)
+        if multiple is None:
+            return None
+    smallest = next((n * multiple for n in range(1, 9)
+                     if _forward_problem(network, [n * multiple] * 3, in_channels) is None), None)
+    return multiple, smallest
+
+
+def check_network_input(network: Any, roi_size: Sequence[int], in_channels: int = 1) -> bool:
+    """Fail in one line, before any work, when the network cannot take a ``roi_size`` input.
+
+    Training crops, validation and inference windows are all ``roi_size``; a size the network cannot take (not
+    divisible by its downsampling, or too small) would otherwise fail at the first iteration or deep in inference.
+    What the network needs is asked of the network itself: one forward pass at ``roi_size`` on the ``meta``
+    device (shapes only; see :func:`_forward_problem`), so a new network needs no entry in a table. The message
+    says which multiple the sides must be, and the smallest side (:func:`_input_rule`: the network's own
+    ``size_divisor`` attribute when it has one, else the smallest power of two the forward pass accepts).
+
+    Args:
+        network: the bundle's network (``@network_def``); None skips the check.
+        roi_size: the bundle setting ``roi_size`` (checked by :func:`check_settings` first).
+        in_channels: the bundle setting ``in_channels``.
+
+    Returns:
+        True (a value for the ``initialize`` list).
+
+    Raises:
+        SettingError: naming ``roi_size``, the network, why its forward pass fails and sizes that work.
+    """
+    if network is None:
         return True
-    path = os.path.abspath(str(model_file))
+    size = [int(s) for s in roi_size]
+    problem = _forward_problem(network, size, int(in_channels))
+    if problem is None:
+        return True
+    name = type(network).__name__
+    rule = _input_rule(network, int(in_channels))
+    if rule is None:
+        hint = "choose another roi_size"
+    else:
+        multiple, smallest = rule
+        low = smallest or multiple
+        up = [max(low, -(-s // multiple) * multiple) for s in size]
+        down = [max(low, s // multiple * multiple) for s in size]
+        options = [o for o in (down, up) if _forward_problem(network, o, int(in_channels)) is None]
+        shown = " or ".join(f'--roi_size "{o}"' for o in dict.fromkeys(map(str, options)))
+        at_least = f", at least {smallest}," if smallest is not None and smallest > multiple else ""
+        hint = f"each side must be a multiple of {multiple}{at_least} for {name}" + (f": e.g. {shown}" if shown else "")
     raise SettingError(
-        f"no trained weights: checkpoint {path} does not exist: train the bundle first, or pass --ckpt_dir with the "
-        f"folder holding {os.path.basename(path)} (or --model_file PATH); {workflow} needs trained weights. `make "
-        "demo` trains every bundle; a released zip ships models/model.pt unless it was packaged with "
-        "--allow-no-weights (nothing was run)."
+        f"setting roi_size {size} does not fit the network: {name} fails on a {'x'.join(map(str, size))} input "
+        f"({problem}); {hint} (nothing was run)."
     )
 
 

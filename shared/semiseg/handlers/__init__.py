@@ -10,12 +10,13 @@ from .ema_teacher import BUFFER_POLICIES, EMATeacher
 from .progress import TerminalProgressBar
 from .rampup import RAMPS, ConsistencyRampUp, RampScheduler
 from .random_state import RandomStates
+from .run_record import MAY_CHANGE, RunRecord, check_resume
 from .threshold_trajectory import ThresholdTrajectory, plot_threshold_trajectory
 from .tracking import track_loss_terms
 
 __all__ = [
     "AtomicCheckpointSaver", "BudgetLrScheduleHandler", "RandomStates", "clean_stale_temp_files",
-    "prepare_checkpoint_dir", "run_budget",
+    "prepare_checkpoint_dir", "run_budget", "RunRecord", "MAY_CHANGE", "check_resume",
     "HausdorffDistanceMM", "MissedStructures", "SurfaceDistanceMM",
     "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS",
     "TerminalProgressBar", "track_loss_terms", "ThresholdTrajectory", "plot_threshold_trajectory"]
