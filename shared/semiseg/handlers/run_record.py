@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 MAY_CHANGE = (
     "max_iterations", "iterations_per_epoch", "val_interval", "log_every", "progress", "num_workers", "cache_rate",
-    "unlabelled_cache_num", "sw_batch_size", "overlap", "dataset_dir", "resume", "overwrite", "init_from",
+    "unlabelled_cache_num", "sw_batch_size", "overlap", "blend_mode", "dataset_dir", "resume", "overwrite", "init_from",
     "init_strict", "is_main_process",
 )
 """Settings a resumed run may change: the budget, what happens next (validation, logging, loading, the sliding
