@@ -149,6 +149,8 @@ def _nested_booleans(node: Any, path: str = "") -> Iterator[str]:
     if isinstance(node, dict):
         for key, value in node.items():
             child = f"{path}#{key}" if path else str(key)
+            if key == "_disabled_":
+                continue  # MONAI reads "_disabled_" strings itself
             if isinstance(value, bool) and "#" in child:
                 yield child
             else:
@@ -183,6 +185,18 @@ def test_nested_booleans_refuse_a_command_line_string(bundle: str) -> None:
         assert len(refused.value.problems) == len(ids), name
         for id_, problem in zip(ids, refused.value.problems):
             assert f"--{id_} 'false'" in problem and f"write --{id_} True or --{id_} False" in problem
+
+
+def test_a_component_boolean_given_as_a_real_bool_or_disabled_passes(tmp_path: Path) -> None:
+    spec = {"loader": {"_target_": "DataLoader", "dataset": [], "shuffle": True, "_disabled_": False}}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(spec))
+    check_overrides(str(path), {"loader#shuffle": "False", "loader#_disabled_": "false"}, from_command_line=True)
+    check_overrides(str(path), {"loader#shuffle": False}, from_command_line=False)
+    with pytest.raises(SettingError, match="DataLoader takes as given"):
+        check_overrides(str(path), {"loader#shuffle": "no"}, from_command_line=True)
+    with pytest.raises(SettingError, match="DataLoader takes as given"):
+        check_overrides(str(path), {"loader#shuffle": "False"}, from_command_line=False)  # in-process: a string
 
 
 # ----------------------------------------------------------------------------------- the settings the issue named

@@ -314,8 +314,9 @@ def _component_flag_problem(parser: ConfigParser, key: str, value: Any) -> str |
     id_ = key.lstrip("+").replace("::", _ID_SEP)
     if _ID_SEP not in id_ or id_ not in parser or not isinstance(parser[id_], bool):
         return None
-    given = _literal(value) if isinstance(value, str) else value
-    if isinstance(given, bool) or (_is_int(given) and given in (0, 1)):
+    if id_.rpartition(_ID_SEP)[2] == "_disabled_":
+        return None  # MONAI reads a "_disabled_" string itself ("false" is false)
+    if isinstance(value, bool) or (_is_int(value) and value in (0, 1)):
         return None
     parent = parser[id_.rpartition(_ID_SEP)[0]]
     target = parent.get("_target_") if isinstance(parent, dict) else None
