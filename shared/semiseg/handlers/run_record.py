@@ -144,7 +144,7 @@ def _cli(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
-        return "null"
+        return "None"  # what the command line (Python Fire) reads as null
     if isinstance(value, list):
         return f'"{value}"'
     return str(value)
