@@ -522,50 +522,58 @@ def check_weights(model_file: str, workflow: str = "inference", network: Any = N
 _PROBE_MULTIPLES = (2, 4, 8, 16, 32, 64)
 
 
-def _forward_problem(network: torch.nn.Module, size: Sequence[int], in_channels: int) -> str | None:
-    """Why ``network`` cannot take a ``(1, in_channels, *size)`` input, or None when it can (or when that cannot be
-    told: a network whose forward pass needs real data is never refused for it).
+class _Probe:
+    """Forward passes of one network at given input sizes: on a copy on PyTorch's ``meta`` device (shapes only, no
+    arithmetic, no memory for activations, no random numbers drawn), made once; a failure there can be confirmed by
+    a real pass on a CPU copy, so an operation the ``meta`` device lacks never refuses a size that works."""
 
-    The pass runs on a copy on PyTorch's ``meta`` device (shapes only, no arithmetic, no memory for activations,
-    no random numbers drawn); a failure there is confirmed by a real pass on the CPU, so an operation the ``meta``
-    device lacks never refuses a size that works.
-    """
+    def __init__(self, network: torch.nn.Module, in_channels: int) -> None:
+        self.network, self.in_channels = network, int(in_channels)
+        self._meta: torch.nn.Module | None = None
 
-    def run(device: str) -> BaseException | None:
+    def _run(self, module: torch.nn.Module, size: Sequence[int], device: str) -> BaseException | None:
         try:
-            probe = copy.deepcopy(network).to(device).eval()
             with torch.no_grad():
-                probe(torch.zeros((1, in_channels, *size), device=device))
+                module(torch.zeros((1, self.in_channels, *size), device=device))
         except Exception as err:  # noqa: BLE001  (any failure of the forward pass is the answer)
             return err
         return None
 
-    if run("meta") is None:
-        return None
-    err = run("cpu")
-    if err is None:
-        return None
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{lines[0][:150] if lines else type(err).__name__} ({type(err).__name__})"
+    def problem(self, size: Sequence[int], confirm: bool = False) -> str | None:
+        """Why the network cannot take a ``(1, in_channels, *size)`` input, or None when it can (or when that cannot
+        be told: a network whose forward pass needs real data is never refused for it).
+
+        Args:
+            size: the spatial size.
+            confirm: confirm a failure on the ``meta`` device by a pass on the CPU (without it, as for the hints of
+                :func:`_input_rule`, the ``meta`` pass decides alone).
+        """
+        if self._meta is None:
+            self._meta = copy.deepcopy(self.network).to("meta").eval()
+        err = self._run(self._meta, size, "meta")
+        if err is not None and confirm:
+            err = self._run(copy.deepcopy(self.network).cpu().eval(), size, "cpu")
+        if err is None:
+            return None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        return f"{lines[0][:150] if lines else type(err).__name__} ({type(err).__name__})"
 
 
-def _input_rule(network: torch.nn.Module, in_channels: int) -> tuple[int, int | None] | None:
+def _input_rule(probe: _Probe) -> tuple[int, int | None] | None:
     """``(multiple, smallest)``: the multiple every side of the input must be, and the smallest side that works.
 
     The multiple is the network's own ``size_divisor`` attribute when it declares one, else the smallest power of
-    two ``k`` for which a ``64 + k`` input passes :func:`_forward_problem` (a large size, so that only divisibility
-    is tested); the smallest side is the first multiple that passes. None when no power of two up to 64 works.
+    two ``k`` for which a ``64 + k`` input passes (a large size, so that only divisibility is tested); the smallest
+    side is the first multiple that passes. None when no power of two up to 64 works.
     """
-    declared = getattr(network, "size_divisor", None)
+    declared = getattr(probe.network, "size_divisor", None)
     if _is_int(declared) and declared >= 1:
         multiple = int(declared)
     else:
-        multiple = next((k for k in _PROBE_MULTIPLES if _forward_problem(network, [64 + k] * 3, in_channels) is None),
-                        None)
+        multiple = next((k for k in _PROBE_MULTIPLES if probe.problem([64 + k] * 3) is None), None)
         if multiple is None:
             return None
-    smallest = next((n * multiple for n in range(1, 9)
-                     if _forward_problem(network, [n * multiple] * 3, in_channels) is None), None)
+    smallest = next((n * multiple for n in range(1, 9) if probe.problem([n * multiple] * 3) is None), None)
     return multiple, smallest
 
 
@@ -575,7 +583,7 @@ def check_network_input(network: Any, roi_size: Sequence[int], in_channels: int 
     Training crops, validation and inference windows are all ``roi_size``; a size the network cannot take (not
     divisible by its downsampling, or too small) would otherwise fail at the first iteration or deep in inference.
     What the network needs is asked of the network itself: one forward pass at ``roi_size`` on the ``meta``
-    device (shapes only; see :func:`_forward_problem`), so a new network needs no entry in a table. The message
+    device (shapes only; see :class:`_Probe`), so a new network needs no entry in a table. The message
     says which multiple the sides must be, and the smallest side (:func:`_input_rule`: the network's own
     ``size_divisor`` attribute when it has one, else the smallest power of two the forward pass accepts).
 
@@ -593,11 +601,12 @@ def check_network_input(network: Any, roi_size: Sequence[int], in_channels: int 
     if network is None:
         return True
     size = [int(s) for s in roi_size]
-    problem = _forward_problem(network, size, int(in_channels))
+    probe = _Probe(network, int(in_channels))
+    problem = probe.problem(size, confirm=True)
     if problem is None:
         return True
     name = type(network).__name__
-    rule = _input_rule(network, int(in_channels))
+    rule = _input_rule(probe)
     if rule is None:
         hint = "choose another roi_size"
     else:
@@ -605,7 +614,7 @@ def check_network_input(network: Any, roi_size: Sequence[int], in_channels: int 
         low = smallest or multiple
         up = [max(low, -(-s // multiple) * multiple) for s in size]
         down = [max(low, s // multiple * multiple) for s in size]
-        options = [o for o in (down, up) if _forward_problem(network, o, int(in_channels)) is None]
+        options = [o for o in (down, up) if probe.problem(o) is None]
         shown = " or ".join(f'--roi_size "{o}"' for o in dict.fromkeys(map(str, options)))
         at_least = f", at least {smallest}," if smallest is not None and smallest > multiple else ""
         hint = f"each side must be a multiple of {multiple}{at_least} for {name}" + (f": e.g. {shown}" if shown else "")
