@@ -20,6 +20,8 @@ that runs in-process goes into ``IN_PROCESS_KINDS``. Only rows whose behaviour c
 per-bundle kinds: each costs one subprocess (about 6 s) per bundle. A per-bundle row runs for one bundle of each group
 whose configs agree on everything the row goes through before its error (:func:`fingerprint`: ``initialize``, data
 list, pre-processing, paths), plus supervised and mean_teacher; a bundle that changes any of these gets its own run.
+A row whose check is the template's own and cannot differ between bundles (a setting's parser, a file check shared by
+every bundle) names the bundle it runs for in ``Row.bundles`` (:data:`ONE`) instead.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class Row:
         make: builds the bad input in the workspace and returns the :class:`Call` to run.
         message: regex searched in the first line of the error report.
         status: the expected exit status.
+        bundles: the bundles a subprocess row runs for; None: one per :func:`fingerprint` (:func:`representatives`).
+        also: regexes the rest of the report must contain (the further problems of a report that lists several).
     """
 
     id: str
@@ -96,6 +100,8 @@ class Row:
     make: Callable[[Workspace], Call]
     message: str
     status: int = 1
+    bundles: tuple[str, ...] | None = None
+    also: tuple[str, ...] = ()
 
 
 def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -238,21 +244,39 @@ class Workspace:
         """``validate_datalist(items, num_classes=3, **kwargs)``, in-process."""
         return Call(names=names, fn=lambda: validate_datalist(items, **{"num_classes": 3, **kwargs}))
 
-    def _cli(self, configs: Sequence[str], names: str, args: Sequence[str], run_id: tuple[str, ...] = ()) -> Call:
+    COMMON = {"--num_labelled": "2", "--num_val": "1", "--roi_size": "[32, 32, 32]", "--num_workers": "0"}
+    """Options every training and evaluate row passes (besides the paths), unless its ``args`` give another value."""
+
+    def _cli(self, configs: Sequence[str], names: str, args: Sequence[str], run_id: tuple[str, ...] = (),
+             dataset_dir: Path | None = None) -> Call:
         files = [config(str(self.bundle), c) for c in configs]
         config_file = files[0] if len(files) == 1 else repr(files)
-        common = ["--dataset_dir", str(self.data), "--ckpt_dir", str(self.models), "--output_dir", str(self.results),
-                  "--num_labelled", "2", "--num_val", "1", "--roi_size", "[32, 32, 32]", "--num_workers", "0"]
-        argv = [sys.executable, "-m", "monai.bundle", "run", *run_id, "--config_file", config_file, *common, *args]
+        data = dataset_dir if dataset_dir is not None else self.data
+        common = {"--dataset_dir": str(data), "--ckpt_dir": str(self.models), "--output_dir": str(self.results),
+                  **self.COMMON}
+        for key in args[::2]:
+            common.pop(key, None)  # the row's own value replaces the common one
+        argv = [sys.executable, "-m", "monai.bundle", "run", *run_id, "--config_file", config_file,
+                *[t for pair in common.items() for t in pair], *args]
         return Call(names=names, argv=argv)
 
-    def train(self, *args: str, names: str) -> Call:
-        """``python -m monai.bundle run training --config_file train.json`` on the demo copy, plus ``args``."""
-        return self._cli(["train.json"], names, args, ("training",))
+    def train(self, *args: str, names: str, dataset_dir: Path | None = None) -> Call:
+        """``python -m monai.bundle run training --config_file train.json`` on the demo copy (or ``dataset_dir``),
+        plus ``args`` (``--key value`` pairs; a key of the common options replaces it)."""
+        return self._cli(["train.json"], names, args, ("training",), dataset_dir)
 
     def evaluate(self, *args: str, names: str) -> Call:
         """``python -m monai.bundle run --config_file "['train.json','evaluate.json']"``, plus ``args``."""
         return self._cli(["train.json", "evaluate.json"], names, args)
+
+    def parsed(self, name: str, config_name: str = "train.json", **overrides: Any) -> Any:
+        """The config item ``name`` of the bundle, parsed in-process with the rows' common settings and
+        ``overrides`` (to build a checkpoint or weights a row then breaks)."""
+        parser = ConfigParser()
+        parser.read_config(config(str(self.bundle), config_name))
+        common = {k.lstrip("-"): json.loads(v) for k, v in self.COMMON.items()}
+        parser.update({**common, "dataset_dir": str(self.root), "ckpt_dir": str(self.models), **overrides})
+        return parser.get_parsed_content(name)
 
     def infer(self, *args: str, names: str, dataset_dir: Path | None = None) -> Call:
         """Inference from a copy of the bundle's released zip, with MONAI alone (``import semiseg`` fails)."""
@@ -263,9 +287,10 @@ class Workspace:
         blocker.mkdir(exist_ok=True)
         (blocker / "semiseg.py").write_text("raise ImportError('semiseg must not be needed for inference')\n")
         data = dataset_dir if dataset_dir is not None else self.data
+        roi = [] if "--roi_size" in args[::2] else ["--roi_size", "[32, 32, 32]"]
         argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                 "--dataset_dir", str(data), "--ckpt_dir", str(self.models), "--output_dir", str(self.results),
-                "--roi_size", "[32, 32, 32]", *args]
+                *roi, *args]
         return Call(names=names, argv=argv, cwd=bundle, env={"PYTHONPATH": str(blocker)})
 
 
@@ -397,6 +422,25 @@ def _shared_file(ws: Workspace) -> Call:
     return ws.load(root, names=root / "imagesTs" / "test_0.nii.gz")
 
 
+def _repeated_training_entry(ws: Workspace) -> Call:
+    """``case_0`` listed again as entry 1: with num_labelled=2 it would take case_1's labelled place."""
+    root = ws.msd(edit=lambda s: s["training"].insert(1, dict(s["training"][0])))
+    return ws.load(root, names=root / "imagesTr" / "case_0.nii.gz", num_labelled=2)
+
+
+def _repeated_la_case(ws: Workspace) -> Call:
+    root = ws.la_h5()
+    (root / "train.list").write_text("a\nb\na\n")
+    return ws.load(root, names=f"{root / 'a' / 'mri_norm2.h5'}::image")
+
+
+def _empty_image(ws: Workspace) -> Call:
+    root = ws.msd()
+    path = root / "imagesTr/case_1.nii.gz"
+    path.write_bytes(b"")
+    return ws.load(root, names=path)
+
+
 def _existing_model(ws: Workspace) -> Call:
     """A fresh training run where a trained model.pt already is: refused, nothing replaced."""
     _ = ws.models  # model.pt and checkpoint.pt of an earlier run
@@ -475,6 +519,15 @@ DATA_ROWS: list[Row] = [
     Row("num-val-too-many", "data",
         lambda ws: ws.load(ws.msd(), names="num_val=10", num_labelled=2, num_val=10),
         r"num_labelled=2 labelled plus num_val=10 validation cases need 12 labelled cases"),
+    # a case listed twice (issue 33 item 7): refused, never a labelled case pushed into the unlabelled set
+    Row("training-entry-listed-twice", "data", _repeated_training_entry,
+        r"the dataset\.json 'training' list of data set \S+ \(layout 'msd'\) lists image \S+case_0\.nii\.gz 2 times "
+        r"\(entries 0, 1, counting from 0\): it would be trained on twice, and take the labelled place of another "
+        r"case"),
+    Row("la-h5-case-listed-twice", "data", _repeated_la_case,
+        r"the train\.list list of data set \S+ \(layout 'la_h5'\) lists image \S+mri_norm2\.h5::image 2 times "
+        r"\(entries 0, 2"),
+    Row("image-empty-file", "data", _empty_image, r"image \S+case_1\.nii\.gz is empty \(0 bytes\)"),
     Row("item-without-image", "data", lambda ws: ws.validate([{"label": "x.nii.gz"}], names="item 0"),
         r"item 0 of the data list has no 'image' path"),
     Row("item-path-not-a-string", "data", lambda ws: ws.validate([{"image": 3}], names="item 0"),
@@ -510,6 +563,93 @@ def _missing_checkpoint(ws: Workspace, workflow: str) -> Call:
     return call
 
 
+ONE = ("mean_teacher",)
+"""The bundle rows of the template's own checks run for (a method with hyper-parameters and a teacher)."""
+
+
+def _training_checkpoint(ws: Workspace, iteration: int = 4, bundle: str | None = None) -> Path:
+    """``checkpoint.pt`` as a run with the rows' settings writes it at ``iteration`` (what a resume reads: the model,
+    the trainer's state and the run record), over the workspace's earlier one."""
+    record = ws.parsed("run_record").state_dict()
+    if bundle is not None:
+        record["bundle"] = bundle
+    model = torch.load(ws.models / "model.pt", weights_only=True)
+    trainer = {"iteration": iteration, "epoch_length": 2, "max_epochs": 3000}
+    path = ws.models / "checkpoint.pt"
+    torch.save({"model": model, "trainer": trainer, "run_record": record}, path)
+    return path
+
+
+def _resume(ws: Workspace, *args: str, names: str) -> Call:
+    """``--resume true`` with ``args``, from a data set folder that does not exist: the refusal must come before any
+    data is read."""
+    return ws.train("--resume", "true", *args, names=names, dataset_dir=ws.root / "no-data")
+
+
+def _resume_changed(*args: str, names: str) -> Callable[[Workspace], Call]:
+    """A row's ``make``: the training checkpoint of the rows' settings, resumed with ``args``."""
+
+    def make(ws: Workspace) -> Call:
+        _training_checkpoint(ws)
+        return _resume(ws, *args, names=names)
+
+    return make
+
+
+def _resume_broken(ws: Workspace, how: str) -> Call:
+    path = _training_checkpoint(ws)
+    if how == "truncated":
+        truncate(path)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "no-record":
+        state = torch.load(path, weights_only=True)
+        torch.save({k: v for k, v in state.items() if k != "run_record"}, path)
+    elif how == "other-bundle":
+        _training_checkpoint(ws, bundle="supervised")
+    return _resume(ws, names=str(path))
+
+
+def _bad_weights(ws: Workspace, how: str, workflow: str) -> Call:
+    """``model.pt`` broken as ``how``, for inference (released zip, MONAI alone) or evaluate."""
+    path = ws.models / "model.pt"
+    if how == "truncated":
+        truncate(path)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "other-bundle":
+        parser = ConfigParser()
+        parser.read_config(config("urpc", "inference.json"))
+        torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    elif how == "other-classes":
+        torch.save(ws.parsed("network_def", "inference.json", num_classes=2).state_dict(), path)
+    if workflow == "inference":
+        return ws.infer(names=str(path))
+    return ws.evaluate(names=str(path))
+
+
+def _damaged_image(ws: Workspace, how: str) -> Call:
+    folder = ws.images(bad=ws.demo_image())
+    path = folder / "bad.nii.gz"
+    if how == "empty":
+        path.write_bytes(b"")
+    else:  # one byte flipped mid-stream: nibabel would read it without checking the gzip CRC
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    return ws.infer(names=str(path), dataset_dir=folder)
+
+
+def _empty_init_from(ws: Workspace) -> Call:
+    empty = ws.root / "empty.pt"
+    empty.write_bytes(b"")
+    return ws.train("--init_from", str(empty), "--overwrite", "true", names=str(empty))
+
+
+_NOT_DIVISIBLE = r"setting roi_size \[33, 33, 33\] does not fit the network: \w+ fails on a 33x33x33 input \(.*\); " \
+                 r"each side must be a multiple of (8|16)"
+_WEIGHTS_FIT = r"do not fit this bundle's network"
+
 BUNDLE_ROWS: list[Row] = [
     # misspelt or out-of-range settings: fail before any work (no training over the existing checkpoints)
     Row("train-unknown-setting", "override", lambda ws: ws.train("--max_iteration", "2", names="--max_iteration"),
@@ -529,7 +669,7 @@ BUNDLE_ROWS: list[Row] = [
     Row("inference-2-channel-image", "inference", lambda ws: _bad_image(ws, "2ch"),
         r"image \S+ has 2 channels \(shape \(32, 32, 32, 2\)\) but the network takes in_channels = 1"),
     Row("inference-truncated-image", "inference", lambda ws: _bad_image(ws, "truncated"),
-        r"cannot read image \S+: .* the file is truncated, corrupt or not NIfTI"),
+        r"cannot read image \S+: the file is truncated \(its gzip stream ends early"),
     Row("inference-empty-folder", "inference", _empty_folder,
         r"no NIfTI images \(\.nii\.gz, \.nii\) in inference input folder \S+: it is empty"),
     Row("inference-missing-folder", "inference",
@@ -542,6 +682,70 @@ BUNDLE_ROWS: list[Row] = [
         r"checkpoint \S+model\.pt does not exist: train the bundle first, or pass --ckpt_dir"),
     Row("evaluate-missing-checkpoint", "checkpoint", lambda ws: _missing_checkpoint(ws, "evaluate"),
         r"checkpoint \S+model\.pt does not exist: train the bundle first, or pass --ckpt_dir"),
+    # boolean settings (issue 33 item 5): one parser; a component's own boolean refuses the string 'false'
+    Row("train-boolean-setting-not-true-or-false", "override",
+        lambda ws: ws.train("--binarise_label", "maybe", names="--binarise_label"),
+        r"setting binarise_label must be true or false \(also 1/0, yes/no, any case\), got 'maybe'", bundles=ONE),
+    Row("train-component-boolean-given-as-a-string", "override",
+        lambda ws: ws.train("--train#dataloader#shuffle", "false", names="--train#dataloader#shuffle"),
+        r"'train#dataloader#shuffle' is a true/false argument that DataLoader takes as given, and the command line "
+        r"passes 'false' as a string, which Python reads as true; write --train#dataloader#shuffle True", bundles=ONE),
+    Row("inference-boolean-setting-not-true-or-false", "inference",
+        lambda ws: ws.infer("--amp", "maybe", names="--amp"), r"setting amp must be true or false", bundles=ONE),
+    # inference images (items 6, 14): a damaged gzip stream and an empty file, from the released zip
+    Row("inference-gzip-damaged-image", "inference", lambda ws: _damaged_image(ws, "crc"),
+        r"cannot read image \S+bad\.nii\.gz: the file is corrupt \(its gzip stream .*CRC check failed", bundles=ONE),
+    Row("inference-empty-image", "inference", lambda ws: _damaged_image(ws, "empty"),
+        r"image \S+bad\.nii\.gz is empty \(0 bytes\)", bundles=ONE),
+    # settings that pass the range check but not the network (item 12): before any work
+    Row("train-dropout-out-of-range", "override", lambda ws: ws.train("--dropout", "1.5", names="dropout"),
+        r"setting dropout must be a number in \[0, 1\), got 1\.5", bundles=ONE),
+    Row("train-roi-size-not-divisible", "override",
+        lambda ws: ws.train("--roi_size", "[33, 33, 33]", names="roi_size"), _NOT_DIVISIBLE),
+    Row("inference-roi-size-not-divisible", "inference",
+        lambda ws: ws.infer("--roi_size", "[33, 33, 33]", names="roi_size"), _NOT_DIVISIBLE, bundles=ONE),
+    Row("train-init-from-empty-file", "override", _empty_init_from, r"init_from: \S+empty\.pt is empty \(0 bytes\)",
+        bundles=ONE),
+    # weights that cannot be loaded (item 10): one line naming the file, before any image is read
+    Row("inference-truncated-weights", "checkpoint", lambda ws: _bad_weights(ws, "truncated", "inference"),
+        r"inference weights file \S+model\.pt cannot be read: it is truncated or corrupt", bundles=ONE),
+    Row("inference-empty-weights", "checkpoint", lambda ws: _bad_weights(ws, "empty", "inference"),
+        r"inference weights file \S+model\.pt is empty \(0 bytes\)", bundles=ONE),
+    Row("inference-weights-of-another-bundle", "checkpoint", lambda ws: _bad_weights(ws, "other-bundle", "inference"),
+        _WEIGHTS_FIT + r" \(UNet\): .* missing .*; they are weights of another network or bundle", bundles=ONE),
+    Row("inference-weights-of-another-class-count", "checkpoint",
+        lambda ws: _bad_weights(ws, "other-classes", "inference"),
+        _WEIGHTS_FIT + r": \d+ tensor\(s\) differ in shape .* another num_classes", bundles=ONE),
+    Row("evaluate-truncated-weights", "checkpoint", lambda ws: _bad_weights(ws, "truncated", "evaluate"),
+        r"evaluate weights file \S+model\.pt cannot be read: it is truncated or corrupt", bundles=ONE),
+    Row("evaluate-weights-of-another-class-count", "checkpoint",
+        lambda ws: _bad_weights(ws, "other-classes", "evaluate"),
+        _WEIGHTS_FIT + r": \d+ tensor\(s\) differ in shape .* another num_classes", bundles=ONE),
+    # --resume true with what the restored state cannot honour (items 8, 11): refused before any data is read
+    Row("resume-with-settings-it-cannot-honour", "checkpoint",
+        _resume_changed("--learning_rate", "0.5", "--momentum", "0.5", "--weight_decay", "0.1", "--roi_size",
+                        "[48, 48, 48]", "--ema_decay", "0.9", names="roi_size=[32, 32, 32]"),
+        r"--resume true: \S+checkpoint\.pt was trained with roi_size=\[32, 32, 32\], this run sets \[48, 48, 48\]; a "
+        r"resumed run continues the saved state .* pass --roi_size \"\[32, 32, 32\]\" to continue, or train afresh "
+        r"with --overwrite true", bundles=ONE,
+        also=(r"learning_rate=0\.01, this run sets 0\.5; .* pass --learning_rate 0\.01 to continue",
+              r"momentum=0\.9, this run sets 0\.5", r"weight_decay=0\.0001, this run sets 0\.1",
+              r"ema_decay=0\.99, this run sets 0\.9")),
+    Row("resume-with-another-num-classes", "checkpoint",
+        _resume_changed("--num_classes", "2", names="num_classes=3"),
+        r"was trained with num_classes=3, this run sets 2", bundles=ONE),
+    Row("resume-below-the-saved-iteration", "checkpoint",
+        _resume_changed("--max_iterations", "2", names="--max_iterations 2"),
+        r"\S+checkpoint\.pt is at iteration 4, beyond --max_iterations 2: pass --max_iterations 4 or more",
+        bundles=ONE),
+    Row("resume-checkpoint-of-another-bundle", "checkpoint", lambda ws: _resume_broken(ws, "other-bundle"),
+        r"\S+checkpoint\.pt was written by the 'supervised' bundle, not 'mean_teacher'", bundles=ONE),
+    Row("resume-truncated-checkpoint", "checkpoint", lambda ws: _resume_broken(ws, "truncated"),
+        r"checkpoint \S+checkpoint\.pt cannot be read: it is truncated or corrupt", bundles=ONE),
+    Row("resume-empty-checkpoint", "checkpoint", lambda ws: _resume_broken(ws, "empty"),
+        r"checkpoint \S+checkpoint\.pt is empty \(0 bytes\)", bundles=ONE),
+    Row("resume-checkpoint-without-a-run-record", "checkpoint", lambda ws: _resume_broken(ws, "no-record"),
+        r"\S+checkpoint\.pt has no record of the bundle and settings it was trained with", bundles=ONE),
 ]
 
 ROWS: list[Row] = [*DATA_ROWS, *BUNDLE_ROWS]
@@ -576,10 +780,17 @@ def representatives(kind: str) -> list[str]:
     return chosen
 
 
+def row_bundles(row: Row) -> tuple[str | None, ...]:
+    """The bundles a row runs for: none (in-process), its own ``bundles``, or :func:`representatives`."""
+    if row.kind in IN_PROCESS_KINDS:
+        return (None,)
+    return row.bundles if row.bundles is not None else tuple(representatives(row.kind))
+
+
 MATRIX = [
     pytest.param(row, None, id=row.id) if row.kind in IN_PROCESS_KINDS else pytest.param(row, b, id=f"{row.id}-{b}")
     for row in ROWS
-    for b in ((None,) if row.kind in IN_PROCESS_KINDS else representatives(row.kind))
+    for b in row_bundles(row)
 ]
 
 
@@ -656,6 +867,8 @@ def test_bad_input(row: Row, bundle: str | None, tmp_path: Path, _demo_dir: Call
         assert re.search(row.message, line), f"{row.message!r} not in the message:\n{line}"
         assert call.names in line, f"the message does not name {call.names!r}:\n{line}"
         assert "SEMISEG_TRACEBACK=1" in line
+        for more in row.also:
+            assert re.search(more, tail), f"{more!r} not in the report:\n{tail}"
     assert ws.snapshot() == before, "pre-existing checkpoints or results changed"
 
 
@@ -664,7 +877,8 @@ def test_matrix_covers_every_kind_and_bundle() -> None:
     assert len(ids) == len(set(ids)), "duplicate row ids"
     assert {row.kind for row in ROWS} >= {"data", "override", "inference", "checkpoint"}
     per_bundle = [row for row in ROWS if row.kind not in IN_PROCESS_KINDS]
-    assert len(MATRIX) == len(ROWS) - len(per_bundle) + sum(len(representatives(row.kind)) for row in per_bundle)
+    assert len(MATRIX) == len(ROWS) - len(per_bundle) + sum(len(row_bundles(row)) for row in per_bundle)
+    assert all(set(row.bundles or ()) <= set(BUNDLES) for row in ROWS)
     for kind in {row.kind for row in per_bundle}:  # every bundle is run, or has a run twin with the same fingerprint
         covered = {fingerprint(b, kind) for b in representatives(kind)}
         assert all(fingerprint(b, kind) in covered for b in BUNDLES), kind

@@ -11,19 +11,26 @@ does not have is silently *added* as a new id: ``--max_iteration 4`` (for ``max_
   (``train#trainer#max_epochs``, ``network_def#dropout``) must name an existing parent, and a new key under a
   component must be an argument its ``_target_`` takes;
 - checks the values of the settings it is given against :data:`SETTING_RULES` (:func:`check_settings`):
-  ``--max_iterations 0`` fails with the setting's name instead of a ``ZeroDivisionError``, ``-5`` no longer trains.
+  ``--max_iterations 0`` fails with the setting's name instead of a ``ZeroDivisionError``, ``-5`` no longer trains,
+  ``--dropout 1.5`` fails before the network is built, ``--resume maybe`` before anything is read (boolean settings
+  are read by :func:`semiseg.settings.flag`).
+
+Two more ``initialize`` steps check what a setting means for the run: :func:`check_network_input` (the network
+takes a ``roi_size`` input: a forward pass on the ``meta`` device) and :func:`check_weights` (the weights inference
+and evaluate load exist, are readable and fit the network: :mod:`semiseg.checkpoint_files`).
 
 An in-process ``monai.bundle.run(config_file=..., **overrides)`` call does not go through ``sys.argv``; call
 :func:`check_overrides` with the same arguments to check it. Every failure is a
 :class:`~semiseg.errors.SettingError`, which the command line reports in one line (:mod:`semiseg.errors`).
 
-This module imports only MONAI and the standard library (and :mod:`semiseg.errors` relatively), so an
+This module imports only MONAI, torch and the standard library (and semiseg modules relatively), so an
 ``inference.json`` can use it and still run from a bundle zip with MONAI alone (``scripts/package_bundles.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import functools
 import inspect
@@ -35,14 +42,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator, ConfigComponent
 
+from .checkpoint_files import CheckpointFileError, read_checkpoint, state_dict_of, state_dict_problem
 from .errors import SettingError
+from .settings import AUTO_WORDS, flag, is_flag
 
 __all__ = [
     "SETTING_RULES",
     "RunArgs",
+    "check_network_input",
     "check_overrides",
     "check_run",
     "check_settings",
@@ -293,19 +304,52 @@ def tracking_ids(tracking: Any) -> list[str]:
     return [str(k) for k in dict(settings.get("configs", {}))]
 
 
+def _component_flag_problem(parser: ConfigParser, key: str, value: Any) -> str | None:
+    """Why a command-line ``value`` for a nested boolean (a component's own ``true``/``false`` argument, which no
+    :func:`semiseg.settings.flag` reads) would be misread, or None.
+
+    The command line (Python Fire) passes ``True`` / ``False`` as bools but ``true`` / ``false`` / ``no`` as
+    strings, and a component given the string ``"false"`` takes it as true.
+    """
+    id_ = key.lstrip("+").replace("::", _ID_SEP)
+    if _ID_SEP not in id_ or id_ not in parser or not isinstance(parser[id_], bool):
+        return None
+    if id_.rpartition(_ID_SEP)[2] == "_disabled_":
+        return None  # MONAI reads a "_disabled_" string itself ("false" is false)
+    if isinstance(value, bool) or (_is_int(value) and value in (0, 1)):
+        return None
+    parent = parser[id_.rpartition(_ID_SEP)[0]]
+    target = parent.get("_target_") if isinstance(parent, dict) else None
+    who = f"{target} takes" if isinstance(target, str) else "the config takes"
+    return (
+        f"setting --{key} {value!r}: '{id_}' is a true/false argument that {who} as given, and the command line "
+        f"passes {value!r} as a string, which Python reads as true; write --{key} True or --{key} False "
+        "(capitalised: the command line turns these into booleans) (nothing was run)."
+    )
+
+
 def check_overrides(
-    config_file: str | Sequence[str], overrides: Iterable[str] | Mapping[str, Any], tracking: Any = None
+    config_file: str | Sequence[str], overrides: Iterable[str] | Mapping[str, Any], tracking: Any = None,
+    from_command_line: bool = False,
 ) -> None:
-    """Fail when an override names no id of the config files (a misspelt setting).
+    """Fail when an override names no id of the config files (a misspelt setting), or would be misread.
+
+    A value for a nested boolean id (``--train#dataloader#shuffle false``: a component's own argument, read by no
+    :func:`semiseg.settings.flag`) must be a real bool: given on the command line as ``false``, it would arrive as
+    the string ``"false"``, which Python reads as true. Top-level boolean settings (``--binarise_label false``)
+    are read by :func:`semiseg.settings.flag` where they are used and accept ``true``/``false``/``yes``/``no``.
 
     Args:
         config_file: the config file(s) the run merges, as given to ``monai.bundle.run`` (a path, a list, or a
             comma-separated string).
         overrides: the override ids (or ``{id: value}``), e.g. ``["max_iterations", "network_def#dropout"]``.
         tracking: ``monai.bundle.run``'s ``tracking`` argument; the ids it adds (:func:`tracking_ids`) are known.
+        from_command_line: the values of ``overrides`` are command-line text (:func:`cli_run_args`), which the
+            command line turns into Python values as Python Fire does (``False`` -> False, ``false`` -> "false").
 
     Raises:
-        SettingError: one problem per unknown id, naming it, the config files, and the closest known ids.
+        SettingError: one problem per unknown id, naming it, the config files, and the closest known ids; one per
+            nested boolean given a value that is not a bool (or 0 / 1).
     """
     merged = ConfigParser.load_config_files(config_file)
     for key in tracking_ids(tracking):
@@ -314,6 +358,12 @@ def check_overrides(
     files = [config_file] if isinstance(config_file, str) else [str(f) for f in config_file]
     where = " + ".join(files)
     problems = [p for key in overrides if (p := _override_problem(parser, str(key), where)) is not None]
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            given = _literal(value) if from_command_line and isinstance(value, str) else value
+            problem = _component_flag_problem(parser, str(key), given)
+            if problem is not None:
+                problems.append(problem)
     if problems:
         raise SettingError(problems)
 
@@ -344,6 +394,9 @@ def _number(
     return ok, f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
+_FLAG = "true or false (also 1/0, yes/no, any case)"
+
+
 def _roi(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and v >= 1 for v in value)
 
@@ -352,12 +405,6 @@ def _overlap(value: Any) -> bool:
     """A fraction in [0, 1), or one per spatial axis (the LA protocol's ``[0.839, 0.839, 0.95]``)."""
     values = value if isinstance(value, (list, tuple)) and len(value) == 3 else [value]
     return all(_is_number(v) and 0.0 <= v < 1.0 for v in values)
-
-
-def _flag(value: Any) -> bool:
-    return isinstance(value, bool) or value in (0, 1) or (
-        isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no")
-    )
 
 
 def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
@@ -388,15 +435,17 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "blend_mode": _one_of("gaussian", "constant"),
     "intensity_norm": _one_of("percentile", "zscore", "none"),
     "label_crop": _one_of("balanced", "uniform"),
-    "rot90": (_flag, "true or false"),
+    "rot90": (is_flag, _FLAG),
     "ema_decay": _number(0.0, 1.0),
     "consistency": _number(0.0),
     "consistency_rampup": _number(0.0),
     "nonfinite_voxels": ((lambda v: v in ("error", "replace")), "'error' or 'replace'"),
+    "dropout": _number(0.0, 1.0, high_open=True),
     "progress": (
-        (lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and v.lower() in ("auto", "true", "false"))),
-        "true, false or auto (null: a bar only in a terminal)",
+        (lambda v: v is None or is_flag(v) or (isinstance(v, str) and v.strip().lower() in AUTO_WORDS)),
+        "true, false or auto (also 1/0, yes/no, any case; null: a bar only in a terminal)",
     ),
+    **{name: (is_flag, _FLAG) for name in ("amp", "resume", "overwrite", "init_strict", "binarise_label")},
 }
 """Each checked setting and ``(test, what it must be)``. A bundle's own tunables join by adding a rule here."""
 
@@ -423,7 +472,7 @@ def check_settings(**settings: Any) -> None:
                 f"--{name} <value> or in the config (nothing was run)."
             )
     roi, rot90 = settings.get("roi_size"), settings.get("rot90")
-    if _roi(roi) and _flag(rot90) and str(rot90).strip().lower() in ("true", "1", "yes") and roi[0] != roi[1]:
+    if _roi(roi) and is_flag(rot90) and flag(rot90, "rot90") and roi[0] != roi[1]:
         problems.append(
             f"setting rot90 turns crops in the plane of their first two axes, which needs roi_size[0] == roi_size[1], "
             f"got roi_size {list(roi)}: pass --rot90 false or a crop with equal first two sides (nothing was run)."
@@ -432,30 +481,146 @@ def check_settings(**settings: Any) -> None:
         raise SettingError(problems)
 
 
-def check_weights(model_file: str, workflow: str = "inference") -> bool:
-    """Fail in one line, before any input is read, when the weights a run loads are missing.
+def check_weights(model_file: str, workflow: str = "inference", network: Any = None) -> bool:
+    """Fail in one line, before any input is read, when the weights a run loads are missing or cannot be loaded.
 
     A released zip made with ``scripts/package_bundles.py --allow-no-weights``, or a bundle folder never trained,
-    has no ``models/model.pt``; without this check MONAI's ``CheckpointLoader`` fails deep in the run.
+    has no ``models/model.pt``; an interrupted copy leaves an empty or truncated one; another bundle's weights, or
+    weights trained for another class count, do not fit the network. Without this check MONAI's
+    ``CheckpointLoader`` fails deep in the run, in a long traceback that names no file
+    (:mod:`semiseg.checkpoint_files`).
 
     Args:
         model_file: the checkpoint the run loads (``@model_file``).
         workflow: what needs it, for the message.
+        network: the network the run loads it into (``@network``); None checks only that the file is readable.
 
     Returns:
         True (a value for the ``initialize`` list).
 
     Raises:
         SettingError: naming the missing file and how to get weights.
+        CheckpointFileError: naming the file and what is wrong with it (empty, truncated or corrupt, pickled
+            objects, tensors that do not fit ``network``).
     """
-    if isinstance(model_file, str) and os.path.isfile(model_file):
+    if not (isinstance(model_file, str) and os.path.isfile(model_file)):
+        path = os.path.abspath(str(model_file))
+        raise SettingError(
+            f"no trained weights: checkpoint {path} does not exist: train the bundle first, or pass --ckpt_dir with "
+            f"the folder holding {os.path.basename(path)} (or --model_file PATH); {workflow} needs trained weights. "
+            "`make demo` trains every bundle; a released zip ships models/model.pt unless it was packaged with "
+            "--allow-no-weights (nothing was run)."
+        )
+    checkpoint = read_checkpoint(model_file, f"{workflow} weights file")
+    if network is not None:
+        problem = state_dict_problem(state_dict_of(checkpoint), network, model_file)
+        if problem is not None:
+            raise CheckpointFileError(f"{workflow}: {problem} (nothing was run)")
+    return True
+
+
+_PROBE_MULTIPLES = (2, 4, 8, 16, 32, 64)
+
+
+class _Probe:
+    """Forward passes of one network at given input sizes: on a copy on PyTorch's ``meta`` device (shapes only, no
+    arithmetic, no memory for activations, no random numbers drawn), made once; a failure there can be confirmed by
+    a real pass on a CPU copy, so an operation the ``meta`` device lacks never refuses a size that works."""
+
+    def __init__(self, network: torch.nn.Module, in_channels: int) -> None:
+        self.network, self.in_channels = network, int(in_channels)
+        self._meta: torch.nn.Module | None = None
+
+    def _run(self, module: torch.nn.Module, size: Sequence[int], device: str) -> BaseException | None:
+        try:
+            with torch.no_grad():
+                module(torch.zeros((1, self.in_channels, *size), device=device))
+        except Exception as err:  # noqa: BLE001  (any failure of the forward pass is the answer)
+            return err
+        return None
+
+    def problem(self, size: Sequence[int], confirm: bool = False) -> str | None:
+        """Why the network cannot take a ``(1, in_channels, *size)`` input, or None when it can (or when that cannot
+        be told: a network whose forward pass needs real data is never refused for it).
+
+        Args:
+            size: the spatial size.
+            confirm: confirm a failure on the ``meta`` device by a pass on the CPU (without it, as for the hints of
+                :func:`_input_rule`, the ``meta`` pass decides alone).
+        """
+        if self._meta is None:
+            self._meta = copy.deepcopy(self.network).to("meta").eval()
+        err = self._run(self._meta, size, "meta")
+        if err is not None and confirm:
+            err = self._run(copy.deepcopy(self.network).cpu().eval(), size, "cpu")
+        if err is None:
+            return None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        return f"{lines[0][:150] if lines else type(err).__name__} ({type(err).__name__})"
+
+
+def _input_rule(probe: _Probe) -> tuple[int, int | None] | None:
+    """``(multiple, smallest)``: the multiple every side of the input must be, and the smallest side that works.
+
+    The multiple is the network's own ``size_divisor`` attribute when it declares one, else the smallest power of
+    two ``k`` for which a ``64 + k`` input passes (a large size, so that only divisibility is tested); the smallest
+    side is the first multiple that passes. None when no power of two up to 64 works.
+    """
+    declared = getattr(probe.network, "size_divisor", None)
+    if _is_int(declared) and declared >= 1:
+        multiple = int(declared)
+    else:
+        multiple = next((k for k in _PROBE_MULTIPLES if probe.problem([64 + k] * 3) is None), None)
+        if multiple is None:
+            return None
+    smallest = next((n * multiple for n in range(1, 9) if probe.problem([n * multiple] * 3) is None), None)
+    return multiple, smallest
+
+
+def check_network_input(network: Any, roi_size: Sequence[int], in_channels: int = 1) -> bool:
+    """Fail in one line, before any work, when the network cannot take a ``roi_size`` input.
+
+    Training crops, validation and inference windows are all ``roi_size``; a size the network cannot take (not
+    divisible by its downsampling, or too small) would otherwise fail at the first iteration or deep in inference.
+    What the network needs is asked of the network itself: one forward pass at ``roi_size`` on the ``meta``
+    device (shapes only; see :class:`_Probe`), so a new network needs no entry in a table. The message
+    says which multiple the sides must be, and the smallest side (:func:`_input_rule`: the network's own
+    ``size_divisor`` attribute when it has one, else the smallest power of two the forward pass accepts).
+
+    Args:
+        network: the bundle's network (``@network_def``); None skips the check.
+        roi_size: the bundle setting ``roi_size`` (checked by :func:`check_settings` first).
+        in_channels: the bundle setting ``in_channels``.
+
+    Returns:
+        True (a value for the ``initialize`` list).
+
+    Raises:
+        SettingError: naming ``roi_size``, the network, why its forward pass fails and sizes that work.
+    """
+    if network is None:
         return True
-    path = os.path.abspath(str(model_file))
+    size = [int(s) for s in roi_size]
+    probe = _Probe(network, int(in_channels))
+    problem = probe.problem(size, confirm=True)
+    if problem is None:
+        return True
+    name = type(network).__name__
+    rule = _input_rule(probe)
+    if rule is None:
+        hint = "choose another roi_size"
+    else:
+        multiple, smallest = rule
+        low = smallest or multiple
+        up = [max(low, -(-s // multiple) * multiple) for s in size]
+        down = [max(low, s // multiple * multiple) for s in size]
+        options = [o for o in (down, up) if probe.problem(o) is None]
+        shown = " or ".join(f'--roi_size "{o}"' for o in dict.fromkeys(map(str, options)))
+        at_least = f", at least {smallest}," if smallest is not None and smallest > multiple else ""
+        hint = f"each side must be a multiple of {multiple}{at_least} for {name}" + (f": e.g. {shown}" if shown else "")
     raise SettingError(
-        f"no trained weights: checkpoint {path} does not exist: train the bundle first, or pass --ckpt_dir with the "
-        f"folder holding {os.path.basename(path)} (or --model_file PATH); {workflow} needs trained weights. `make "
-        "demo` trains every bundle; a released zip ships models/model.pt unless it was packaged with "
-        "--allow-no-weights (nothing was run)."
+        f"setting roi_size {size} does not fit the network: {name} fails on a {'x'.join(map(str, size))} input "
+        f"({problem}); {hint} (nothing was run)."
     )
 
 
@@ -474,6 +639,6 @@ def check_run(**settings: Any) -> bool:
     """
     cli = cli_run_args()
     if cli is not None and cli.config_file is not None and cli.overrides:
-        check_overrides(cli.config_file, cli.overrides, cli.tracking)
+        check_overrides(cli.config_file, cli.overrides, cli.tracking, from_command_line=True)
     check_settings(**settings)
     return True

@@ -28,6 +28,11 @@ Derived, never written twice:
   as a list item it takes the item (its items, for a list): the multi-GPU and evaluate ``initialize`` run
   train.json's checks without repeating them;
 - ``bundle_root`` is the bundle's folder (``__BUNDLE__`` in the template).
+- a value ``"<settings>"`` in ``train.json`` (``run_record#settings``) becomes ``{"id": "@id"}`` for every top-level
+  setting of the generated ``train.json`` that is not in the sibling ``may_change`` list: every id whose value is a
+  literal (a number, a string that is not an expression or reference, null, or a list of such; a bool is read as
+  ``"$semiseg.settings.flag(@id, 'id')"``), so that a setting an overlay adds is recorded in ``checkpoint.pt`` and
+  compared on ``--resume true`` (:mod:`semiseg.handlers.run_record`) without being listed.
 - a reference in ``train#handlers`` (``"@ema_teacher"``, as overlays write it) becomes
   ``{"_target_": "semiseg.bundle_config.handler_by_reference", "handler": "@ema_teacher"}``: the same object,
   but an entry MONAI Label's bundle train task can read (it calls ``.get("_target_")`` on every entry and inserts
@@ -73,6 +78,8 @@ COPIED = ("configs/logging.conf", "LICENSE")
 GENERATED_KEY = "_generated_"
 FROM_TRAIN = "<train.json>"
 FROM_OVERLAY = "<overlay>"
+SETTINGS = "<settings>"
+_NOT_SETTINGS = ("imports", "initialize", "run", "training", "finalize")
 BUNDLE_TOKEN = "__BUNDLE__"
 _DDP = "torch.nn.parallel.DistributedDataParallel"
 HANDLER_LISTS = ("train#handlers",)  # lists MONAI Label reads entry by entry as dicts
@@ -317,6 +324,37 @@ def _handlers_by_reference(config: dict, where: str) -> dict:
     return config
 
 
+def _is_literal(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_is_literal(v) for v in value)
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    return value is None or isinstance(value, (bool, int, float))
+
+
+def _settings(config: Mapping, may_change: Iterable[str] = ()) -> dict[str, str]:
+    """``{"id": "@id"}`` for the top-level settings of a generated config not in ``may_change`` (see the module
+    docstring); a boolean setting is read through ``semiseg.settings.flag``."""
+    skip = set(may_change)
+    return {
+        k: f"$semiseg.settings.flag(@{k}, '{k}')" if isinstance(v, bool) else f"@{k}"
+        for k, v in config.items()
+        if not k.startswith("_") and k not in _NOT_SETTINGS and "#" not in k and k not in skip and _is_literal(v)
+    }
+
+
+def _fill_settings(config: dict, where: str) -> dict:
+    """Replace every ``"<settings>"`` value of ``config`` with :func:`_settings` of it, in place."""
+    parser = ConfigParser(config)
+    for path in _find(config, SETTINGS):
+        parent = parser[path.rpartition("#")[0]] if "#" in path else config
+        may_change = parent.get("may_change", []) if isinstance(parent, dict) else []
+        if not (isinstance(may_change, list) and all(isinstance(m, str) for m in may_change)):
+            raise BundleConfigError(f"{where}: the 'may_change' beside {path!r} must be a list of setting ids.")
+        parser[path] = _settings(config, may_change)
+    return parser.get()
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -377,6 +415,7 @@ def build_bundle(
         config = apply_overlay(base, overlay.get(stem, {}), where=f"{source} section {stem!r}")
         if filename == "train.json":
             config = _handlers_by_reference(config, f"{source} section {stem!r}")
+            config = _fill_settings(config, f"{source} section {stem!r}")
         missing = _find(config, FROM_OVERLAY) + _find(config, FROM_TRAIN)
         if missing:
             raise BundleConfigError(f"{source} section {stem!r} must set {missing} (the template leaves them open).")

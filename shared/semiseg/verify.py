@@ -37,8 +37,12 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
 from .bundle_config import BUNDLES_DIR, REPO_ROOT, bundle_dirs
+from .settings import flag
 
-__all__ = ["EXPORT_TRACE_ID", "SCHEMAS_DIR", "VerifyResult", "export_matches_eager", "schema_file", "verify_bundle"]
+__all__ = [
+    "EXPORT_TRACE_ID", "SCHEMAS_DIR", "VerifyResult", "export_matches_eager", "export_uses_trace", "schema_file",
+    "verify_bundle",
+]
 
 EXPORT_TRACE_ID = "export_use_trace"
 """The ``inference.json`` id that says whether ``ckpt_export`` traces (True) or scripts (False) the network."""
@@ -122,12 +126,18 @@ def _input_shape(meta_file: Path) -> list[int]:
     return [1, int(image["num_channels"]), *(int(s) for s in image["spatial_shape"])]
 
 
+def export_uses_trace(parser: ConfigParser) -> bool:
+    """The bundle's ``export_use_trace`` setting of a parsed ``inference.json`` (false when absent), read by
+    :func:`semiseg.settings.flag`: ``ckpt_export`` traces the network when true, scripts it when false."""
+    return flag(parser.get(EXPORT_TRACE_ID, False), EXPORT_TRACE_ID)
+
+
 def _check_export(bundle_dir: Path, workdir: Path) -> None:
     configs = bundle_dir / "configs"
     meta_file, inference = configs / "metadata.json", configs / "inference.json"
     parser = ConfigParser()
     parser.read_config(str(inference))
-    use_trace = bool(parser.get(EXPORT_TRACE_ID, False))
+    use_trace = export_uses_trace(parser)
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def", instantiate=True).cpu()
     ckpt = workdir / "model.pt"

@@ -67,7 +67,7 @@ def read_state_dict(source: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The state dict in a weights file, a bundle folder or a bundle zip (see the module docstring).
 
     Raises:
-        InitWeightsError: if the source does not exist, holds no weights, or is not readable.
+        InitWeightsError: if the source does not exist, is empty, holds no weights, or is not readable.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -77,6 +77,11 @@ def read_state_dict(source: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         path = candidate
     if not path.is_file():
         raise InitWeightsError(f"init_from: {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise InitWeightsError(
+            f"init_from: {path} is empty (0 bytes): the save, copy or download that wrote it was interrupted; use "
+            "another copy."
+        )
     if zipfile.is_zipfile(path) and not _is_torch_zip(path):
         with zipfile.ZipFile(path) as archive:
             names = sorted(n for n in archive.namelist() if n.endswith("models/model.pt"))

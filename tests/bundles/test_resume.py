@@ -61,6 +61,25 @@ def test_resume_with_a_larger_budget_continues_with_schedules_that_fit(tiny_demo
     assert any(not torch.equal(second["teacher"][k], first["teacher"][k]) for k in first["teacher"])
     teacher = torch.load(tmp_path / "models" / "teacher.pt", weights_only=True)
     assert states_equal(teacher, second["teacher"])  # the EMA teacher's final weights, for inference
+    assert second["run_record"]["bundle"] == "mean_teacher" and second["run_record"]["settings"]["ema_decay"] == 0.99
+
+
+def test_resume_refuses_a_setting_the_restored_state_cannot_honour(tiny_demo: Path, tmp_path: Path) -> None:
+    common = _overrides(tiny_demo, tmp_path, iterations_per_epoch=2, val_interval=10)
+    run("training", config_file=config("supervised", "train.json"), max_iterations=2, **common)
+    saved = (tmp_path / "models" / "checkpoint.pt").read_bytes()
+    for change, expected in (({"learning_rate": 0.5}, "was trained with learning_rate=0.01, this run sets 0.5"),
+                             ({"max_iterations": 1}, "is at iteration 2, beyond --max_iterations 1")):
+        with pytest.raises(Exception) as info:
+            run("training", config_file=config("supervised", "train.json"), resume=True,
+                **{"max_iterations": 2, **common, **change})
+        assert expected in _messages(info.value)
+    assert (tmp_path / "models" / "checkpoint.pt").read_bytes() == saved
+    # the same settings, given as the command line gives them, continue; the restored optimiser is the saved one
+    run("training", config_file=config("supervised", "train.json"), resume="true", max_iterations=4,
+        binarise_label="false", **common)
+    state = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 4 and state["optimizer"]["param_groups"][0]["initial_lr"] == 0.01
 
 
 def test_a_fresh_run_refuses_to_replace_trained_weights_unless_told(tiny_demo: Path, tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ from tests.bundles.conftest import REPO, bundle_overrides, restore_fresh
 from tests.helpers import states_equal
 
 HERE = Path(__file__).resolve().parent
-CHECKPOINT_KEYS = {"model", "optimizer", "lr_scheduler", "trainer", "critic", "critic_optimizer", "critic_rampup",
-                   "method"}
+CHECKPOINT_KEYS = {"model", "optimizer", "lr_scheduler", "trainer", "run_record", "critic", "critic_optimizer",
+                   "critic_rampup", "method"}
 
 
 @pytest.fixture(scope="module")

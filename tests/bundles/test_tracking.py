@@ -62,6 +62,9 @@ class _Stream(io.StringIO):
         ("TRUE", False, False, True),
         ("false", True, True, False),
         (False, True, True, False),
+        ("no", True, True, False),
+        (0, True, True, False),
+        ("Yes", False, False, True),
     ],
 )
 def test_progress_bar_only_in_a_terminal_unless_forced(setting, stdout_tty, stderr_tty, expected) -> None:
@@ -81,7 +84,7 @@ def test_progress_bar_attaches_to_an_engine(monkeypatch) -> None:
 
 
 def test_bad_progress_setting_names_the_setting() -> None:
-    with pytest.raises(ValueError, match="progress must be true, false or auto"):
+    with pytest.raises(SettingError, match="setting progress must be true, false or auto"):
         TerminalProgressBar(enabled="sometimes")
     with pytest.raises(SettingError, match="setting progress must be true, false or auto"):
         check_settings(progress="sometimes")

@@ -129,4 +129,11 @@ def test_check_weights_fails_in_one_line_naming_the_file(tmp_path: Path) -> None
                              "bundle first, or pass --ckpt_dir") and "\n" not in report.strip()
     weights.parent.mkdir()
     weights.write_bytes(b"")
-    assert check_weights(str(weights)) is True
+    with pytest.raises(Exception) as info:
+        check_weights(str(weights))
+    report = format_user_error(user_error(info.value))
+    assert f"inference weights file {weights} is empty (0 bytes)" in report and "\n" not in report.strip()
+    torch.save(torch.nn.Linear(2, 3).state_dict(), weights)
+    assert check_weights(str(weights)) is True and check_weights(str(weights), "evaluate", torch.nn.Linear(2, 3))
+    with pytest.raises(Exception, match=r"2 tensor\(s\) differ in shape \(weight: \(3, 2\) in the file, \(4, 2\) here"):
+        check_weights(str(weights), "evaluate", torch.nn.Linear(2, 4))

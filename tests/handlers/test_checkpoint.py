@@ -13,7 +13,8 @@ from ignite.engine import Events
 from monai.handlers import StatsHandler
 
 from semiseg.engines import SemiSupervisedTrainer
-from semiseg.handlers import AtomicCheckpointSaver, prepare_checkpoint_dir, setting_flag
+from semiseg.errors import SettingError
+from semiseg.handlers import AtomicCheckpointSaver, prepare_checkpoint_dir
 from semiseg.handlers.checkpoint import TEMP_PREFIX, TEMP_SUFFIX, non_finite_tensors
 from semiseg.methods import SupervisedMethod
 from tests.helpers import states_equal, tiny_unet
@@ -97,11 +98,11 @@ def test_prepare_checkpoint_dir_refuses_to_replace_trained_weights(tmp_path) -> 
     assert (ckpt / "model.pt").read_bytes() == b"weights"
 
 
-def test_setting_flag_reads_command_line_booleans() -> None:
-    assert [setting_flag(v, "resume") for v in (True, "true", "TRUE", "1", 1, "yes")] == [True] * 6
-    assert [setting_flag(v, "resume") for v in (False, "false", "False", "0", 0, "no")] == [False] * 6
-    with pytest.raises(ValueError, match="'overwrite' must be true or false, got 'maybe'"):
-        setting_flag("maybe", "overwrite")
+def test_prepare_checkpoint_dir_reads_its_flags_with_the_settings_parser(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    assert prepare_checkpoint_dir(tmp_path, resume="no", overwrite="YES") is False  # "no" is not truthy here
+    with pytest.raises(SettingError, match="setting overwrite must be true or false .* got 'maybe'"):
+        prepare_checkpoint_dir(tmp_path, resume=False, overwrite="maybe")
 
 
 # which files each way a run ends writes -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from monai.handlers import LrScheduleHandler
 from torch import nn
 
 from semiseg.engines import SemiSupervisedTrainer
+from semiseg.errors import SettingError
 from semiseg.handlers import ConsistencyRampUp
 from semiseg.keys import SSLIterationEvents, SSLKeys
 from semiseg.methods import CrossPseudoSupervisionMethod
@@ -168,7 +169,7 @@ def test_inference_network_setting() -> None:
     for on in (True, "true", " TRUE "):
         ensemble = inference_network(first, second, on)
         assert isinstance(ensemble, SoftmaxAverage) and list(ensemble.networks) == [first, second]
-    with pytest.raises(ValueError, match="'ensemble_students' must be true or false, got 'yes please'"):
+    with pytest.raises(SettingError, match="setting ensemble_students must be true or false .* got 'yes please'"):
         inference_network(first, second, "yes please")
     with pytest.raises(ValueError, match="no second student"):
         inference_network(first, None, True)

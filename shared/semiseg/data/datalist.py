@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 from .errors import DataValidationError
 from .layouts import LabelledCase, LayoutCases, read_layout
-from .splits import find_shared_files
+from .splits import find_repeated, find_shared_files
 from .validation import collect_problems
 
-__all__ = ["load_datalist", "select_labelled", "select_validation"]
+__all__ = ["load_datalist", "repeated_cases", "select_labelled", "select_validation"]
 
 
 def load_datalist(
@@ -36,7 +36,7 @@ def load_datalist(
     only evaluation should read them.
 
     The four lists must be disjoint: a file (or, with ``validate``, an image's content) in two of them is an error
-    (:mod:`semiseg.data.splits`).
+    (:mod:`semiseg.data.splits`); so is a case listed twice in one list of the data set (:func:`repeated_cases`).
 
     Args:
         dataset_dir: the data set directory.
@@ -58,11 +58,14 @@ def load_datalist(
         deterministic order.
 
     Raises:
-        DataValidationError: for an unreadable or unknown layout, an impossible split, an empty unlabelled set when
-            it is required, lists that share a file, or (with ``validate``) any problem with the files or image
-            contents shared between lists, all of them listed.
+        DataValidationError: for an unreadable or unknown layout, a case listed twice, an impossible split, an empty
+            unlabelled set when it is required, lists that share a file, or (with ``validate``) any problem with the
+            files or image contents shared between lists, all of them listed.
     """
     cases = read_layout(os.fspath(dataset_dir), layout)
+    repeated = repeated_cases(cases)
+    if repeated:
+        raise DataValidationError(repeated)
     num_val = _count("num_val", num_val)
     if num_labelled is None and labelled_ids is None and num_val:
         num_labelled = max(1, len(cases.labelled) - num_val)  # "all" labelled cases, minus the validation ones
@@ -92,6 +95,37 @@ def load_datalist(
     if problems:
         raise DataValidationError(problems)
     return datalist
+
+
+_LABELLED_LISTS = {"msd": "dataset.json 'training'", "bpl": "labelled/imgs", "la_h5": "train.list"}
+
+
+def repeated_cases(cases: LayoutCases) -> list[str]:
+    """Cases listed more than once in one list of a data set (:func:`~semiseg.data.splits.find_repeated`).
+
+    Refused rather than silently de-duplicated: a repeated ``training`` entry is most likely a copy-and-paste slip
+    whose intended case is missing, and the labelled selection (the first ``num_labelled`` entries) would count it
+    twice, trained on twice, while the case it displaced silently became unlabelled.
+
+    Args:
+        cases: what the layout reader found.
+
+    Returns:
+        One problem line per repeated image (labelled candidates, unlabelled images, test cases).
+    """
+    where = f"data set {cases.dataset_dir} (layout '{cases.layout}')"
+    source = _LABELLED_LISTS.get(cases.layout, "labelled list")
+    return [
+        *find_repeated(
+            [case.image for case in cases.labelled], f"the {source} list of {where}",
+            "it would be trained on twice, and take the labelled place of another case, which would silently become "
+            "unlabelled",
+        ),
+        *find_repeated([item["image"] for item in cases.unlabelled], f"the unlabelled images of {where}",
+                       "it would be drawn twice as often as the others"),
+        *find_repeated([item["image"] for item in cases.test], f"the test cases of {where}",
+                       "it would count twice in every mean score"),
+    ]
 
 
 def select_validation(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from .errors import DataValidationError
 from .volumes import volume_file
 
-__all__ = ["SPLITS", "check_disjoint", "find_shared_files"]
+__all__ = ["SPLITS", "check_disjoint", "find_repeated", "find_shared_files"]
 
 SPLITS: tuple[str, ...] = ("labelled", "unlabelled", "validation", "test")
 """The lists :func:`~semiseg.data.datalist.load_datalist` returns, which must not share a case."""
@@ -92,6 +92,40 @@ def find_shared_files(datalist: Mapping[str, Sequence[Mapping[str, str]]], compa
             )
     if compare_contents:
         problems.extend(_same_contents(by_file, reported))
+    return problems
+
+
+def _case_key(path: str) -> str:
+    """One volume, however its path is written: the resolved file, plus ``::dataset`` for an HDF5 item."""
+    file = volume_file(path)
+    return os.path.realpath(file) + path[len(file):]
+
+
+def find_repeated(images: Sequence[str], where: str, consequence: str) -> list[str]:
+    """The images listed more than once in one list of a data set (the same file, however its path is written).
+
+    A training entry listed twice would be trained on twice and, taking a labelled place, push another labelled
+    case into the unlabelled set without a word; a repeated test case would count twice in the mean.
+
+    Args:
+        images: the list's image paths, in the data set's order.
+        where: the list, for the message (``"'training' of /data/dataset.json"``).
+        consequence: what the repetition would do, for the message.
+
+    Returns:
+        One line per repeated image, naming it and its positions (counting from 0).
+    """
+    positions: dict[str, list[int]] = defaultdict(list)
+    for index, path in enumerate(images):
+        positions[_case_key(path)].append(index)
+    problems = []
+    for found in positions.values():
+        if len(found) > 1:
+            path = images[found[0]]
+            problems.append(
+                f"{where} lists image {path} {len(found)} times (entries {', '.join(map(str, found))}, counting from "
+                f"0): {consequence}; remove the repeated entries (nothing was run)"
+            )
     return problems
 
 

@@ -28,7 +28,7 @@ from monai.transforms import (
 )
 
 from semiseg.data.readers import LoadVolumed
-from semiseg.handlers.checkpoint import setting_flag
+from semiseg.settings import flag
 
 __all__ = [
     "INTENSITY_NORMS",
@@ -134,7 +134,7 @@ def _flips(keys: list[str], prob: float, rot90: bool = False) -> list[MapTransfo
 
 
 def _square_in_plane(roi_size: Sequence[int], rot90: bool) -> bool:
-    rot90 = setting_flag(rot90, "rot90")
+    rot90 = flag(rot90, "rot90")
     if rot90 and int(roi_size[0]) != int(roi_size[1]):
         raise ValueError(
             f"setting rot90 turns crops in the plane of their first two axes, which needs roi_size[0] == roi_size[1];"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .errors import DataValidationError
+from .files import gunzip_checked, require_nonempty
 from .readers import H5_SEPARATOR, is_h5_path, split_h5_path
 
 if TYPE_CHECKING:
@@ -210,6 +211,7 @@ def _require_exists(path: str, role: str) -> None:
         raise DataValidationError(f"{role} {path} does not exist")
     if not os.path.isfile(file):
         raise DataValidationError(f"{role} {path} is not a file")
+    require_nonempty(file, role)
 
 
 def _reason(err: BaseException) -> str:
@@ -249,7 +251,7 @@ def _nifti_volume(path: str, role: str) -> tuple[VolumeHeader, np.ndarray]:
     import nibabel as nib
 
     if path.lower().endswith(".gz"):
-        data = _gunzip_checked(path, role)
+        data = gunzip_checked(path, role)
     else:
         with open(path, "rb") as f:
             data = f.read()
@@ -261,26 +263,6 @@ def _nifti_volume(path: str, role: str) -> tuple[VolumeHeader, np.ndarray]:
         _raise_truncated(path, role, len(data), expected, unpacked=path.lower().endswith(".gz"))
     header = VolumeHeader(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64))
     return header, np.asanyarray(img.dataobj)
-
-
-def _gunzip_checked(path: str, role: str) -> bytes:
-    """Decompress a whole gzip file, checking every member's CRC-32 and length; name the file if it is damaged."""
-    with open(path, "rb") as f:
-        compressed = f.read()
-    try:
-        return gzip.decompress(compressed)
-    except EOFError as err:
-        message = (
-            f"cannot read {role} {path}: the file is truncated (its gzip stream ends early: {_reason(err)}); "
-            "copy or export it again"
-        )
-        raise DataValidationError(message) from err
-    except (OSError, zlib.error) as err:
-        message = (
-            f"cannot read {role} {path}: the file is corrupt (its gzip stream does not decompress to the data it "
-            f"was written with: {_reason(err)}); copy or export it again"
-        )
-        raise DataValidationError(message) from err
 
 
 def _check_gzip_length(path: str, role: str, expected: int) -> None:

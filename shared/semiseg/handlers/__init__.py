@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from .budget import BudgetLrScheduleHandler, run_budget
 from .case_metrics import CaseMetricsWriter
-from .checkpoint import AtomicCheckpointSaver, clean_stale_temp_files, prepare_checkpoint_dir, setting_flag
+from .checkpoint import AtomicCheckpointSaver, clean_stale_temp_files, prepare_checkpoint_dir
 from .distance_metrics import HausdorffDistanceMM, MissedStructures, SurfaceDistanceMM
 from .ema_teacher import BUFFER_POLICIES, EMATeacher
 from .progress import TerminalProgressBar
 from .rampup import RAMPS, ConsistencyRampUp, RampScheduler
 from .random_state import RandomStates
+from .run_record import MAY_CHANGE, RunRecord, check_resume
 from .threshold_trajectory import ThresholdTrajectory, plot_threshold_trajectory
 from .tracking import track_loss_terms
 
 __all__ = [
     "AtomicCheckpointSaver", "BudgetLrScheduleHandler", "RandomStates", "clean_stale_temp_files",
-    "prepare_checkpoint_dir", "run_budget", "setting_flag",
+    "prepare_checkpoint_dir", "run_budget", "RunRecord", "MAY_CHANGE", "check_resume",
     "HausdorffDistanceMM", "MissedStructures", "SurfaceDistanceMM",
     "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS",
     "TerminalProgressBar", "track_loss_terms", "ThresholdTrajectory", "plot_threshold_trajectory"]

@@ -25,6 +25,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
+from ..settings import flag
+
 __all__ = [
     "AtomicCheckpointSaver",
     "TEMP_PREFIX",
@@ -32,37 +34,11 @@ __all__ = [
     "clean_stale_temp_files",
     "non_finite_tensors",
     "prepare_checkpoint_dir",
-    "setting_flag",
 ]
 
 TEMP_PREFIX = ".semiseg-"
 TEMP_SUFFIX = ".partial"
 """A file being written is ``<dir>/.semiseg-<name>.<random>.partial`` until it is renamed to ``<dir>/<name>``."""
-
-
-def setting_flag(value: Any, name: str) -> bool:
-    """A boolean bundle setting as given in a config or on the command line (``--resume true``).
-
-    Python Fire, which parses ``python -m monai.bundle run`` arguments, passes ``true`` / ``false`` as strings, and
-    the string ``"false"`` is truthy; this reads ``true``/``false``/``1``/``0``/``yes``/``no`` in any case.
-
-    Args:
-        value: the setting's value.
-        name: the setting's name, for the error.
-
-    Returns:
-        The value as a bool.
-
-    Raises:
-        ValueError: for anything else.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise ValueError(f"bundle setting {name!r} must be true or false, got {value!r}: pass --{name} true or false.")
 
 
 def prepare_checkpoint_dir(
@@ -85,14 +61,14 @@ def prepare_checkpoint_dir(
         checkpoint_filename: the full training state ``resume`` loads.
 
     Returns:
-        ``resume`` as a bool (see :func:`setting_flag`).
+        ``resume`` as a bool (see :func:`semiseg.settings.flag`).
 
     Raises:
         FileExistsError: on a fresh run over an existing ``final_filename`` without ``overwrite``.
         FileNotFoundError: on ``resume`` without ``checkpoint_filename``.
-        ValueError: if ``resume`` or ``overwrite`` is not a boolean.
+        SettingError: if ``resume`` or ``overwrite`` is not a boolean.
     """
-    resume, overwrite = setting_flag(resume, "resume"), setting_flag(overwrite, "overwrite")
+    resume, overwrite = flag(resume, "resume"), flag(overwrite, "overwrite")
     os.makedirs(ckpt_dir, exist_ok=True)
     final, checkpoint = Path(ckpt_dir) / final_filename, Path(ckpt_dir) / checkpoint_filename
     if resume:

@@ -3,8 +3,9 @@
 ``train.json`` and ``inference.json`` attach :class:`TerminalProgressBar` with ``enabled: @progress``. The bar is
 drawn only in an interactive terminal (standard output and standard error both TTYs) and, under ``torchrun``, on
 rank 0 alone, so CI logs, ``nohup`` runs and log files stay plain text; ``--progress true`` forces it,
-``--progress false`` turns it off. The bar shows iterations per epoch and never reads the loss (which would wait
-on the device every iteration); losses stay in the log and TensorBoard.
+``--progress false`` turns it off (read by :func:`semiseg.settings.flag_or_auto`: also 1/0, yes/no, ``auto``).
+The bar shows iterations per epoch and never reads the loss (which would wait on the device every iteration);
+losses stay in the log and TensorBoard.
 
 This module imports only torch, MONAI and the standard library (Ignite and tqdm through MONAI's
 ``optional_import``), so it ships in a released bundle zip (``scripts/package_bundles.py``), where tqdm may be
@@ -21,13 +22,12 @@ from typing import IO, Any
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ..settings import flag_or_auto
+
 ProgressBar, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "ProgressBar")
 _, HAS_TQDM = optional_import("tqdm")
 
-__all__ = ["PROGRESS_SETTINGS", "TerminalProgressBar", "progress_enabled"]
-
-PROGRESS_SETTINGS = (None, True, False, "auto", "true", "false")
-"""Values the ``progress`` setting takes: None / ``"auto"`` (in a terminal), True / ``"true"``, False / ``"false"``."""
+__all__ = ["TerminalProgressBar", "progress_enabled"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def progress_enabled(setting: bool | str | None, streams: tuple[IO[str] | None, 
     """Whether a progress bar is wanted for this setting, before checking rank and tqdm.
 
     Args:
-        setting: one of :data:`PROGRESS_SETTINGS` (case-insensitive strings, as the command line passes them).
+        setting: None / ``"auto"`` (in a terminal), or on / off as :func:`semiseg.settings.flag_or_auto` reads it
+            (``true``, ``false``, 1, 0, ``yes``, ``no``, any case, as the command line passes them).
         streams: the streams that must be terminals for ``None``/``"auto"`` (default standard output and error).
 
     Returns:
@@ -51,14 +52,12 @@ def progress_enabled(setting: bool | str | None, streams: tuple[IO[str] | None, 
         is a TTY.
 
     Raises:
-        ValueError: for any other value, naming the setting.
+        SettingError: for any other value, naming the setting.
     """
-    value = setting.strip().lower() if isinstance(setting, str) else setting
-    if value not in PROGRESS_SETTINGS:
-        raise ValueError(f"progress must be true, false or auto (null), got {setting!r}")
-    if value in (None, "auto"):
+    value = flag_or_auto(setting, "progress")
+    if value is None:
         return all(_is_tty(s) for s in (streams if streams is not None else (sys.stdout, sys.stderr)))
-    return value in (True, "true")
+    return value
 
 
 class TerminalProgressBar:
@@ -70,7 +69,7 @@ class TerminalProgressBar:
         kwargs: more ``ProgressBar`` arguments (``bar_format``, ``persist``, ...).
 
     Raises:
-        ValueError: for an ``enabled`` that is not one of :data:`PROGRESS_SETTINGS`.
+        SettingError: for an ``enabled`` that is not on, off or auto (see :func:`progress_enabled`).
     """
 
     def __init__(self, enabled: bool | str | None = None, desc: str | None = None, **kwargs: Any) -> None:

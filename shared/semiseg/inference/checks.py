@@ -2,12 +2,13 @@
 
 ``inference_images(@dataset_dir, ...)`` is the inference config's data list. It accepts a single NIfTI image, a
 folder of NIfTI images, or a data set folder: the images its ``dataset.json`` lists under ``test`` (MSD layout),
-else those under ``imagesTs/``; and loads every image once to check it: readable and complete (a truncated
-``.nii.gz`` is caught), a 3-D volume, or 4-D with as many channels as the network takes, and without NaN or
-infinite voxels. A missing or empty folder and every bad image fail with a
-:class:`~semiseg.data.errors.DataValidationError` naming the folder or file, the problem and what to do, instead of
-an all-background segmentation (NaN voxels), an exit status 0 with nothing written (no images), or a shape error
-deep in the network that names no file (2-D or 2-channel images). See docs/architecture.md §5.
+else those under ``imagesTs/``; and loads every image once to check it: not empty, readable and complete (a
+truncated ``.nii.gz``, or one whose gzip CRC-32 fails, is caught as in training: :mod:`semiseg.data.files`), a 3-D
+volume, or 4-D with as many channels as the network takes, and without NaN or infinite voxels. A missing or empty
+folder and every bad image fail with a :class:`~semiseg.data.errors.DataValidationError` naming the folder or file,
+the problem and what to do, instead of an all-background segmentation (NaN voxels), an exit status 0 with nothing
+written (no images), silently wrong voxels (a damaged gzip stream), or a shape error deep in the network that names
+no file (2-D or 2-channel images). See docs/architecture.md §5.
 
 NaN voxels fail by default; ``nonfinite="replace"`` accepts them, and :class:`ReplaceNonFinited` in the
 preprocessing then replaces them with the image's smallest finite value (the background of an MR or CT scan),
@@ -34,6 +35,7 @@ from monai.config import KeysCollection
 from monai.transforms import LoadImage, MapTransform
 
 from ..data.errors import DataValidationError
+from ..data.files import empty_file_problem, gunzip_checked
 
 __all__ = ["IMAGE_SUFFIXES", "NONFINITE_POLICIES", "ReplaceNonFinited", "find_images", "inference_images"]
 
@@ -137,6 +139,14 @@ def _reason(err: BaseException) -> str:
 
 
 def _image_problem(path: str, in_channels: int, nonfinite: str, loader: LoadImage) -> str | None:
+    empty = empty_file_problem(path, "image")
+    if empty is not None:
+        return empty
+    if path.lower().endswith(".gz"):
+        try:
+            gunzip_checked(path, "image")  # nibabel never checks the gzip CRC: a damaged stream would load
+        except DataValidationError as err:
+            return err.problems[0]
     try:
         data = loader(path)
         array = np.asarray(data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else data)

@@ -121,7 +121,7 @@ class ProvenanceWriter:
         cli = cli_run_args()
         if cli is not None and cli.config_file is not None and cli.overrides:
             # a record of overrides that did nothing would mislead (evaluate.json has no initialize check of its own)
-            check_overrides(cli.config_file, cli.overrides, cli.tracking)
+            check_overrides(cli.config_file, cli.overrides, cli.tracking, from_command_line=True)
         self.path = os.path.join(os.fspath(output_dir), filename)
         meta = dict(metadata or {})
         self.record: dict[str, Any] = {

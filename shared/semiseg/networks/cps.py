@@ -8,11 +8,15 @@ initialises the first with Kaiming-normal and the second with Xavier-normal conv
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..checkpoint_files import CheckpointFileError, read_checkpoint, state_dict_of, state_dict_problem
+from ..settings import flag
 
 __all__ = ["INIT_SCHEMES", "init_conv_weights", "SoftmaxAverage", "inference_network"]
 
@@ -78,28 +82,37 @@ class SoftmaxAverage(nn.Module):
         return torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
 
 
-def inference_network(student: nn.Module, second: nn.Module | None, ensemble: Any) -> nn.Module:
+def inference_network(
+    student: nn.Module, second: nn.Module | None, ensemble: Any, second_file: str | os.PathLike[str] | None = None
+) -> nn.Module:
     """What a CPS bundle infers with: the first student, or with ``ensemble`` both students' mean softmax.
 
     Args:
         student: the first student (``models/model.pt``).
         second: the second student (``models/model_2.pt``), moved to the first one's device when used; may be None
             when ``ensemble`` is off.
-        ensemble: the bundle setting ``ensemble_students``: a bool, or ``true`` / ``false`` as the command line passes
-            it (any case).
+        ensemble: the bundle setting ``ensemble_students``, read by :func:`semiseg.settings.flag` (a bool, or
+            ``true`` / ``false`` / 1 / 0 / ``yes`` / ``no`` as the command line passes it).
+        second_file: the second student's weights (``@model_file_2``), which the config loads into ``second``; when
+            given and ``ensemble`` is on, checked first (:mod:`semiseg.checkpoint_files`: missing, empty, truncated,
+            or not fitting ``second``), so a bad file fails in one line naming it before anything is written.
 
     Returns:
         ``student``, or ``SoftmaxAverage([student, second])``.
 
     Raises:
-        ValueError: if ``ensemble`` is not a boolean setting, or is on without a second student.
+        SettingError: if ``ensemble`` is not a boolean setting.
+        CheckpointFileError: if ``second_file`` cannot be loaded into ``second``.
+        ValueError: if it is on without a second student.
     """
-    text = str(ensemble).strip().lower()
-    if not isinstance(ensemble, bool) and text not in ("true", "false"):
-        raise ValueError(f"bundle setting 'ensemble_students' must be true or false, got {ensemble!r}.")
-    if not (ensemble is True or text == "true"):
+    if not flag(ensemble, "ensemble_students"):
         return student
     if second is None:
         raise ValueError("ensemble_students is on but there is no second student (network_2) to average with.")
+    if second_file is not None:
+        what = "--ensemble_students true: the second student's weights file"
+        problem = state_dict_problem(state_dict_of(read_checkpoint(second_file, what)), second, second_file)
+        if problem is not None:
+            raise CheckpointFileError(f"--ensemble_students true: {problem} (nothing was run)")
     device = next(student.parameters(), torch.empty(0)).device
     return SoftmaxAverage([student, second.to(device)])
