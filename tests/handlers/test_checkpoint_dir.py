@@ -85,7 +85,11 @@ def test_a_later_workflow_of_the_same_process_takes_over_a_lock_left_by_a_failed
     later.release()
 
 
-def test_overwrite_deletes_every_earlier_file_when_the_trainer_starts_not_before(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replaced", [True, False])
+def test_overwrite_deletes_every_earlier_file_when_the_trainer_starts_not_before(tmp_path: Path, replaced: bool
+                                                                                 ) -> None:
+    """The served weights (model.pt, model.json) stay while the new run trains (MONAI Label keeps serving them) and
+    are gone at its end: replaced by the new run's, or deleted when it writes none."""
     for name in RUN_FILES:
         (tmp_path / name).write_bytes(b"earlier")
     (tmp_path / "notes.txt").write_text("mine")
@@ -93,11 +97,16 @@ def test_overwrite_deletes_every_earlier_file_when_the_trainer_starts_not_before
     guard.prepare()
     assert all((tmp_path / name).exists() for name in RUN_FILES)  # still there: the run has not started
     engine = Engine(lambda e, b: None)
+    if replaced:  # what the model.pt saver and the record writer do at COMPLETED, before the guard's handler
+        engine.add_event_handler(Events.COMPLETED, lambda e: [(tmp_path / ".new").write_bytes(b"new"),
+                                                              os.replace(tmp_path / ".new", tmp_path / "model.pt")])
     guard.attach(engine)
     seen: list[list[str]] = []
     engine.add_event_handler(Events.STARTED, lambda e: seen.append(sorted(p.name for p in tmp_path.iterdir())))
     engine.run([0], max_epochs=1)
-    assert seen == [sorted([LOCK_FILE, "notes.txt"])]
+    assert seen == [sorted([LOCK_FILE, "model.json", "model.pt", "notes.txt"])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([LOCK_FILE, "notes.txt"] + ["model.pt"] * replaced)
+    assert not replaced or (tmp_path / "model.pt").read_bytes() == b"new"
     assert not guard.held  # a plain Ignite engine: released at COMPLETED
 
 

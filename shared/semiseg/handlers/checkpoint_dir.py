@@ -1,5 +1,6 @@
 """One training run's claim on its ``ckpt_dir``: an exclusive lock, the fresh/resume/overwrite rules, writable output
-folders, and the earlier run's files deleted by ``--overwrite true`` only once the new run starts training.
+folders, and the earlier run's files deleted by ``--overwrite true`` only once the new run starts training (its
+``model.pt`` only once the new one replaces it).
 
 Two runs writing one ``ckpt_dir`` replace each other's ``checkpoint.pt`` every epoch, and the one that finishes last
 replaces the other's ``model.pt``. :class:`CheckpointDirGuard` stops the second: ``prepare()``, the first thing
@@ -40,11 +41,15 @@ try:
 except ImportError:  # Windows: no flock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_FILE", "CheckpointDirGuard", "CheckpointDirInUse"]
+__all__ = ["LOCK_FILE", "SERVED_FILES", "CheckpointDirGuard", "CheckpointDirInUse"]
 
 LOCK_FILE = ".semiseg-run.lock"
 """The lock file in ``ckpt_dir``; it stays after a run (deleting a lock file others may wait on is a race) and
 holds the last holder's ``<pid> <host>``."""
+
+SERVED_FILES = ("model.pt", "model.json")
+"""The weights a server loads and their record: with ``--overwrite true`` they stay until the new run replaces them
+when it completes, so MONAI Label (which reads ``models/model.pt``) serves the earlier weights while it retrains."""
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,15 @@ _HELD: dict[str, CheckpointDirGuard] = {}
 
 class CheckpointDirInUse(SemisegError):
     """Another run holds the lock of the ``ckpt_dir`` this run would write."""
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """``(inode, mtime)`` of a file, None when it does not exist: a file written over (renamed onto) changes it."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _rank() -> int:
@@ -70,7 +84,9 @@ class CheckpointDirGuard:
     a fresh run refuses where any file of :data:`~semiseg.handlers.checkpoint.RUN_FILES` exists unless
     ``overwrite``; ``resume`` needs ``checkpoint.pt``. ``attach(trainer)``: with ``overwrite``, the earlier run's
     files are deleted when the trainer starts (``STARTED``: after the data is loaded and the network and checkpoint
-    loader are built, so a run that fails before that leaves them); the lock is released when the run ends.
+    loader are built, so a run that fails before that leaves them), except ``served_files`` (``model.pt`` and its
+    ``model.json``), which the run replaces when it completes, and which are deleted then if it does not write them
+    itself; the lock is released when the run ends.
 
     Args:
         ckpt_dir: the checkpoint folder (``@ckpt_dir``).
@@ -78,6 +94,7 @@ class CheckpointDirGuard:
         overwrite: bundle setting ``overwrite``.
         output_dirs: other folders the run writes (``["@output_dir"]``: TensorBoard logs); checked, created.
         run_files: the files a run writes into ``ckpt_dir`` (:data:`~semiseg.handlers.checkpoint.RUN_FILES`).
+        served_files: the files of ``run_files`` kept until the run completes (:data:`SERVED_FILES`).
         lock_filename: the lock file's name in ``ckpt_dir``.
     """
 
@@ -88,6 +105,7 @@ class CheckpointDirGuard:
         overwrite: Any = False,
         output_dirs: Sequence[str | os.PathLike[str]] = (),
         run_files: Iterable[str] = RUN_FILES,
+        served_files: Iterable[str] = SERVED_FILES,
         lock_filename: str = LOCK_FILE,
     ) -> None:
         self.ckpt_dir = os.path.abspath(os.fspath(ckpt_dir))
@@ -95,6 +113,8 @@ class CheckpointDirGuard:
         self.overwrite = setting_flag(overwrite, "overwrite")
         self.output_dirs = [os.fspath(d) for d in output_dirs]
         self.run_files = tuple(run_files)
+        self.served_files = tuple(served_files)
+        self._earlier: dict[str, tuple[int, int]] = {}  # served files of the earlier run: name -> (inode, mtime)
         self.lock_path = os.path.join(self.ckpt_dir, lock_filename)
         self._fd: int | None = None
 
@@ -197,16 +217,9 @@ class CheckpointDirGuard:
         except OSError:
             pass
 
-    def remove_earlier_run(self, engine: Engine | None = None) -> list[str]:
-        """With ``overwrite`` (and not ``resume``), delete every file of :attr:`run_files` in ``ckpt_dir`` (rank 0).
-
-        Returns:
-            The deleted paths.
-        """
-        if not self.overwrite or self.resume or _rank() != 0:
-            return []
+    def _delete(self, names: Iterable[str]) -> list[str]:
         removed = []
-        for name in existing_run_files(self.ckpt_dir, self.run_files):
+        for name in names:
             path = os.path.join(self.ckpt_dir, name)
             try:
                 os.remove(path)
@@ -221,8 +234,29 @@ class CheckpointDirGuard:
             logger.info(f"--overwrite true: deleted the earlier run's {', '.join(removed)}.")
         return removed
 
+    def remove_earlier_run(self, engine: Engine | None = None) -> list[str]:
+        """With ``overwrite`` (and not ``resume``), delete the earlier run's files in ``ckpt_dir`` (rank 0), but the
+        ``served_files``, which :meth:`remove_unreplaced` deletes at the end if this run does not replace them.
+
+        Returns:
+            The deleted paths.
+        """
+        if not self.overwrite or self.resume or _rank() != 0:
+            return []
+        found = existing_run_files(self.ckpt_dir, self.run_files)
+        served = [name for name in found if name in self.served_files]
+        self._earlier = {name: _identity(os.path.join(self.ckpt_dir, name)) for name in served}
+        return self._delete(name for name in found if name not in self.served_files)
+
+    def remove_unreplaced(self, engine: Engine | None = None) -> list[str]:
+        """At ``COMPLETED``: delete the earlier run's ``served_files`` that this run did not write over."""
+        earlier, self._earlier = self._earlier, {}
+        return self._delete(name for name, seen in earlier.items()
+                            if _identity(os.path.join(self.ckpt_dir, name)) == seen)
+
     def attach(self, engine: Engine) -> None:
-        """Delete the earlier run's files at ``STARTED`` (``overwrite``) and release the lock when the run ends.
+        """Delete the earlier run's files at ``STARTED`` (``overwrite``; its ``served_files`` at ``COMPLETED`` if
+        not replaced) and release the lock when the run ends.
 
         Args:
             engine: the trainer. Without :class:`~semiseg.keys.SSLRunEvents` (not a
@@ -231,6 +265,8 @@ class CheckpointDirGuard:
         """
         if not engine.has_event_handler(self.remove_earlier_run, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self.remove_earlier_run)
+        if not engine.has_event_handler(self.remove_unreplaced, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self.remove_unreplaced)
         event = SSLRunEvents.RUN_ENDED if SSLRunEvents.RUN_ENDED in engine._allowed_events else Events.COMPLETED
         if not engine.has_event_handler(self.release, event):
             engine.add_event_handler(event, self.release)
