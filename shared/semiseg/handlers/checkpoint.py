@@ -50,7 +50,8 @@ RUN_FILES = ("model.pt", "checkpoint.pt", "teacher.pt", "model_2.pt", "model_bes
 the full training state (``checkpoint.pt``), the EMA teacher (``teacher.pt``: mean_teacher, uamt, ict), CPS's second
 student (``model_2.pt``), the best-validation weights (``model_best.pt``) and the record written beside ``model.pt``
 (``model.json``: :class:`~semiseg.handlers.TrainingRecordWriter`). A fresh run refuses where any of them exists;
-``--overwrite true`` deletes them all (:class:`~semiseg.handlers.CheckpointDirGuard`). A bundle that writes a new
+``--overwrite true`` deletes them all when the new run starts, ``model.pt`` and ``model.json`` when it completes
+(:class:`~semiseg.handlers.CheckpointDirGuard`). A bundle that writes a new
 file adds its name here (``tests/handlers/test_checkpoint_dir.py`` checks every generated config against it)."""
 
 

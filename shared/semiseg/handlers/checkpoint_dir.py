@@ -174,12 +174,13 @@ class CheckpointDirGuard:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):  # ENOLCK, EOPNOTSUPP: no locks here
+                os.close(fd)
+                logger.warning(f"cannot lock {self.lock_path} ({describe_os_error(err)}): the file system of ckpt_dir "
+                               "has no locks, so another run could write into it too.")
+                return
             holder = self._holder(fd)
             os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise WriteError(err.errno, f"cannot lock {self.lock_path}: {describe_os_error(err)}; the file "
-                                            "system of ckpt_dir may not support locks: pass --ckpt_dir with a local "
-                                            "folder (nothing was run).") from err
             raise CheckpointDirInUse(
                 f"ckpt_dir {self.ckpt_dir} is in use by another training run ({holder}, holding {self.lock_path}): "
                 "two runs in one folder would replace each other's checkpoints. Wait for that run to end, stop it, "
