@@ -67,7 +67,7 @@ ROLES = {
 NOT_SETTINGS = frozenset({
     "_generated_", "_meta_", "imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "device", "amp",
     "is_main_process", "resume", "overwrite", "progress", "log_every", "num_workers", "initialize", "run", "training",
-    "train", "validate", "checkpoint", "finalize",
+    "train", "validate", "checkpoint", "finalize", "ckpt_guard",
 })
 
 

@@ -2,7 +2,8 @@
 
 The zip holds ``<name>/configs``, ``<name>/docs``, ``<name>/LICENSE``, the model-zoo metadata schema
 ``<name>/schemas/meta_schema_<date>.json`` (so ``verify_metadata --filepath schemas/...`` needs no network), the
-trained weights ``<name>/models/model.pt``, and, when ``configs/inference.json`` refers to semiseg code (a
+trained weights ``<name>/models/model.pt`` with the training record beside them (``models/model.json``: the
+training voxel spacing, when the weights have one), and, when ``configs/inference.json`` refers to semiseg code (a
 ``semiseg.networks`` network, say), that code under ``<name>/scripts/semiseg/``, with the zip's ``inference.json``
 rewritten to ``scripts.semiseg.<module>.<Name>``. So after
 
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from semiseg.bundle_config import bundle_dirs
+from semiseg.inference.spacing import RECORD_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 INFERENCE_CONFIGS = ("inference.json", "la.json")  # configs an inference run reads (la.json: merged with it)
@@ -332,8 +334,8 @@ def package_bundle(
     Args:
         bundle_dir: ``bundles/<name>``.
         out_dir: where the zip goes.
-        weights: ``model.pt`` to ship under ``models/`` (None: a zip without weights, whose inference stops with
-            "no trained weights").
+        weights: ``model.pt`` to ship under ``models/``, with the ``model.json`` beside it when there is one (None:
+            a zip without weights, whose inference stops with "no trained weights").
         schema_dir: where the metadata schema named by ``metadata.json``'s ``schema`` URL lies.
 
     Returns:
@@ -388,6 +390,9 @@ def package_bundle(
         zf.write(schema, f"{name}/{schema_name}")
         if weights is not None:
             zf.write(weights, f"{name}/models/model.pt")
+            record = weights.parent / RECORD_FILE
+            if record.is_file():  # the training spacing inference compares its inputs with
+                zf.write(record, f"{name}/models/{RECORD_FILE}")
     return target
 
 

@@ -22,6 +22,12 @@ whose configs agree on everything the row goes through before its error (:func:`
 list, pre-processing, paths), plus supervised and mean_teacher; a bundle that changes any of these gets its own run.
 A row whose check is the template's own and cannot differ between bundles (a setting's parser, a file check shared by
 every bundle) names the bundle it runs for in ``Row.bundles`` (:data:`ONE`) instead.
+
+Some rows go further than a refusal: a run that fails midway (``Row.changed`` names the earlier files it may
+rewrite, e.g. ``provenance.json`` saying ``failed``), or a bad input the run handles and completes (status 0);
+``Row.check`` then asserts what the run left (outputs, records, the log). Read-only folders and full disks are
+simulated in the subprocess by ``tests/faults/sitecustomize.py`` (:meth:`Workspace.faults`): as root a ``chmod``-ed
+folder stays writable.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from monai.bundle import ConfigParser
 
 from semiseg.data import load_datalist, validate_datalist
 from semiseg.errors import format_user_error, user_error
+from semiseg.handlers.checkpoint_dir import LOCK_FILE
 from tests.bundles.conftest import BUNDLES, REPO, config
 from tests.bundles.test_package import package_bundles
 
@@ -79,6 +86,7 @@ class Call:
     argv: list[str] | None = None
     cwd: Path = REPO
     env: dict[str, str] = field(default_factory=dict)
+    stdout: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,9 @@ class Row:
         status: the expected exit status.
         bundles: the bundles a subprocess row runs for; None: one per :func:`fingerprint` (:func:`representatives`).
         also: regexes the rest of the report must contain (the further problems of a report that lists several).
+        changed: names of pre-existing result or checkpoint files the row may change (a run that fails midway
+            rewrites ``provenance.json``); every other one stays byte-identical.
+        check: further assertions on what the run left, given the workspace and the call (``call.stdout``).
     """
 
     id: str
@@ -102,6 +113,8 @@ class Row:
     status: int = 1
     bundles: tuple[str, ...] | None = None
     also: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    check: Callable[[Workspace, Call], None] | None = None
 
 
 def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -141,6 +154,7 @@ class Workspace:
     def __init__(self, root: Path, bundle: str | None, demo: Callable[[], Path], released: Callable[[], Path]):
         self.root, self.bundle = root, bundle
         self._demo, self._released = demo, released
+        self.cleanups: list[Callable[[], Any]] = []
 
     # ------------------------------------------------------------------------------------------- inputs to break
     @cached_property
@@ -228,10 +242,21 @@ class Workspace:
         (folder / "test_000_seg.nii.gz").write_bytes(b"an earlier segmentation")
         return folder
 
-    def snapshot(self) -> dict[str, str]:
-        """sha256 of every pre-existing checkpoint and result file."""
-        files = [p for folder in (self.models, self.results) for p in sorted(folder.rglob("*")) if p.is_file()]
+    def snapshot(self, skip: Sequence[str] = ()) -> dict[str, str]:
+        """sha256 of every pre-existing checkpoint and result file (but the names in ``skip``)."""
+        files = [p for folder in (self.models, self.results) for p in sorted(folder.rglob("*"))
+                 if p.is_file() and p.name not in skip and p.name != LOCK_FILE]  # the lock is no result
         return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    @staticmethod
+    def faults(env: dict[str, str] | None = None, **faults: str) -> dict[str, str]:
+        """``env`` plus ``tests/faults`` first on ``PYTHONPATH`` and ``SEMISEG_FAULT_<NAME>`` for each fault
+        (``readonly=folder``, ``full=folder``, ``full_match=glob``, ``full_after="1"``)."""
+        env = dict(env or {})
+        paths = [str(REPO / "tests" / "faults"), env.get("PYTHONPATH") or os.environ.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        env.update({f"SEMISEG_FAULT_{name.upper()}": str(value) for name, value in faults.items()})
+        return env
 
     # ------------------------------------------------------------------------------------------------ calls
     def load(self, dataset_dir: Path, names: str | Path | None = None, **kwargs: Any) -> Call:
@@ -248,22 +273,24 @@ class Workspace:
     """Options every training and evaluate row passes (besides the paths), unless its ``args`` give another value."""
 
     def _cli(self, configs: Sequence[str], names: str, args: Sequence[str], run_id: tuple[str, ...] = (),
-             dataset_dir: Path | None = None) -> Call:
+             ckpt_dir: Path | None = None, dataset_dir: Path | None = None, output_dir: Path | None = None) -> Call:
         files = [config(str(self.bundle), c) for c in configs]
         config_file = files[0] if len(files) == 1 else repr(files)
-        data = dataset_dir if dataset_dir is not None else self.data
-        common = {"--dataset_dir": str(data), "--ckpt_dir": str(self.models), "--output_dir": str(self.results),
-                  **self.COMMON}
+        common = {"--dataset_dir": str(dataset_dir or self.data), "--ckpt_dir": str(ckpt_dir or self.models),
+                  "--output_dir": str(output_dir or self.results), **self.COMMON}
         for key in args[::2]:
             common.pop(key, None)  # the row's own value replaces the common one
         argv = [sys.executable, "-m", "monai.bundle", "run", *run_id, "--config_file", config_file,
                 *[t for pair in common.items() for t in pair], *args]
         return Call(names=names, argv=argv)
 
-    def train(self, *args: str, names: str, dataset_dir: Path | None = None) -> Call:
+    def train(self, *args: str, names: str, ckpt_dir: Path | None = None, dataset_dir: Path | None = None,
+              output_dir: Path | None = None) -> Call:
         """``python -m monai.bundle run training --config_file train.json`` on the demo copy (or ``dataset_dir``),
-        plus ``args`` (``--key value`` pairs; a key of the common options replaces it)."""
-        return self._cli(["train.json"], names, args, ("training",), dataset_dir)
+        plus ``args`` (``--key value`` pairs; a key of the common options replaces it); a run that trains gets its
+        own ``ckpt_dir`` and ``output_dir`` (TensorBoard logs)."""
+        return self._cli(["train.json"], names, args, ("training",), ckpt_dir=ckpt_dir, dataset_dir=dataset_dir,
+                         output_dir=output_dir)
 
     def evaluate(self, *args: str, names: str) -> Call:
         """``python -m monai.bundle run --config_file "['train.json','evaluate.json']"``, plus ``args``."""
@@ -278,20 +305,25 @@ class Workspace:
         parser.update({**common, "dataset_dir": str(self.root), "ckpt_dir": str(self.models), **overrides})
         return parser.get_parsed_content(name)
 
-    def infer(self, *args: str, names: str, dataset_dir: Path | None = None) -> Call:
-        """Inference from a copy of the bundle's released zip, with MONAI alone (``import semiseg`` fails)."""
-        bundle = self.root / "bundle"
-        if not bundle.exists():
-            shutil.copytree(self._released(), bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    def infer(self, *args: str, names: str, dataset_dir: Path | None = None, output_dir: bool = True) -> Call:
+        """Inference from a copy of the bundle's released zip, with MONAI alone (``import semiseg`` fails);
+        ``output_dir=False`` leaves the zip's default (``./eval`` in the bundle folder)."""
+        bundle = self.bundle_copy
         blocker = self.root / "block"
         blocker.mkdir(exist_ok=True)
         (blocker / "semiseg.py").write_text("raise ImportError('semiseg must not be needed for inference')\n")
         data = dataset_dir if dataset_dir is not None else self.data
         roi = [] if "--roi_size" in args[::2] else ["--roi_size", "[32, 32, 32]"]
         argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                "--dataset_dir", str(data), "--ckpt_dir", str(self.models), "--output_dir", str(self.results),
-                *roi, *args]
+                "--dataset_dir", str(data), "--ckpt_dir", str(self.models),
+                *(["--output_dir", str(self.results)] if output_dir else []), *roi, *args]
         return Call(names=names, argv=argv, cwd=bundle, env={"PYTHONPATH": str(blocker)})
+
+    @cached_property
+    def bundle_copy(self) -> Path:
+        """A copy of the bundle's released zip folder (inference runs in it)."""
+        return Path(shutil.copytree(self._released(), self.root / "bundle",
+                                    ignore=shutil.ignore_patterns("models", "eval")))
 
 
 # -------------------------------------------------------------------------------------------------------- rows
@@ -748,7 +780,217 @@ BUNDLE_ROWS: list[Row] = [
         r"\S+checkpoint\.pt has no record of the bundle and settings it was trained with", bundles=ONE),
 ]
 
-ROWS: list[Row] = [*DATA_ROWS, *BUNDLE_ROWS]
+# ---------------------------------------- one run per ckpt_dir; outputs, records and disks (issue 33: reliability)
+
+
+def _killed_run(ws: Workspace) -> Call:
+    """A run killed mid-way left checkpoint.pt and no model.pt: a fresh run refuses, checkpoint.pt stays."""
+    (ws.models / "model.pt").unlink()
+    return ws.train("--max_iterations", "2", names=str(ws.models / "checkpoint.pt"))
+
+
+def _earlier_mean_teacher_run(folder: Path, ws: Workspace) -> Path:
+    """What a finished mean_teacher run leaves, plus files of other bundles' runs (model_2.pt, model_best.pt)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.pt", "checkpoint.pt", "teacher.pt", "model_2.pt", "model_best.pt", "model.json"):
+        (folder / name).write_bytes(b"the earlier run's " + name.encode())
+    return folder
+
+
+def _overwrite_with_bad_data(ws: Workspace) -> Call:
+    """--overwrite true deletes the earlier run's files only when the new run starts training, not before its data
+    is read: a typo in --dataset_dir costs nothing."""
+    _earlier_mean_teacher_run(ws.models, ws)
+    nowhere = ws.root / "nowhere"
+    return ws.train("--overwrite", "true", names=str(nowhere), dataset_dir=nowhere)
+
+
+def _overwrite(ws: Workspace) -> Call:
+    earlier = _earlier_mean_teacher_run(ws.root / "earlier", ws)
+    return ws.train("--overwrite", "true", "--max_iterations", "1", "--iterations_per_epoch", "1",
+                    names=str(earlier), ckpt_dir=earlier, output_dir=ws.root / "logs")
+
+
+def _overwritten(ws: Workspace, call: Call) -> None:
+    files = sorted(p.name for p in (ws.root / "earlier").iterdir())
+    assert files == sorted([LOCK_FILE, "checkpoint.pt", "model.json", "model.pt", "teacher.pt"]), files
+    assert torch.load(ws.root / "earlier" / "model.pt", weights_only=True).keys() == torch.load(
+        ws.root / "earlier" / "checkpoint.pt", weights_only=True)["model"].keys()
+
+
+def _lock_holder(ws: Workspace) -> int:
+    """A live process holding ws.models' lock as a training run does (flock, then its pid); killed after the row."""
+    script = ("import fcntl, os, socket, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, f'{os.getpid()} {socket.gethostname()}\\n'.encode()); "
+              "print('locked', flush=True); time.sleep(300)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(ws.models / LOCK_FILE)], stdout=subprocess.PIPE,
+                              text=True)
+    ws.cleanups.append(lambda: (holder.kill(), holder.wait()))
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder.pid
+
+
+def _second_run(ws: Workspace) -> Call:
+    pid = _lock_holder(ws)
+    return ws.train("--overwrite", "true", "--max_iterations", "2", names=f"pid {pid}")
+
+
+def _two_images(ws: Workspace, second: str) -> Path:
+    """A folder of images: good.nii.gz and a second one (a copy of it) named ``second``."""
+    folder = ws.images()
+    image = nib.load(str(folder / "good.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine), str(folder / second))
+    return folder
+
+
+def _record(ws: Workspace) -> dict[str, Any]:
+    return json.loads((ws.results / "provenance.json").read_text())
+
+
+def _inference_disk_full(ws: Workspace) -> Call:
+    folder = _two_images(ws, "zz.nii.gz")
+    call = ws.infer(names=str(ws.results / "zz_seg.nii.gz"), dataset_dir=folder)
+    call.env = ws.faults(call.env, full=str(ws.results), full_match="zz_seg.nii.gz")
+    return call
+
+
+def _stopped_after_one_case(ws: Workspace, call: Call, first: str) -> None:
+    """The disk is full, so the record cannot say "failed": it stays at "started" with the one case written."""
+    record = _record(ws)
+    assert record["status"] == "started" and record["cases"] == 1 and record["finished"] is None, record
+    assert [Path(p).name for p in record["inputs"]] == [first], record["inputs"]
+
+
+def _evaluate_disk_full(ws: Workspace) -> Call:
+    call = ws.evaluate(names=str(ws.results / "test_001_seg.nii.gz"))
+    call.env = ws.faults(full=str(ws.results), full_match="test_001_seg.nii.gz")
+    return call
+
+
+def _site_folders(ws: Workspace) -> Call:
+    """A dataset.json test list naming siteA/patient1.nii.gz and siteB/patient1.nii.gz."""
+    root = ws.root / "sites"
+    for site, case in (("siteA", "test_000"), ("siteB", "test_001")):
+        (root / site).mkdir(parents=True)
+        shutil.copy(ws.data / "imagesTs" / f"{case}.nii.gz", root / site / "patient1.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"test": ["siteA/patient1.nii.gz", "siteB/patient1.nii.gz"]}))
+    return ws.infer(names=str(root), dataset_dir=root)
+
+
+def _both_sites_written(ws: Workspace, call: Call) -> None:
+    written = sorted(str(p.relative_to(ws.results)) for p in ws.results.rglob("*_seg.nii.gz"))
+    assert written == ["siteA/patient1_seg.nii.gz", "siteB/patient1_seg.nii.gz", "test_000_seg.nii.gz"], written
+    a, b = (nib.load(str(ws.results / s / "patient1_seg.nii.gz")).get_fdata() for s in ("siteA", "siteB"))
+    assert a.shape == b.shape == (32, 32, 32)
+    record = _record(ws)
+    assert record["status"] == "completed" and record["cases"] == 2 and len(set(record["inputs"])) == 2
+
+
+def _nested(ws: Workspace) -> Call:
+    """Images only in subfolders, a label folder beside them, weights trained at a third of the inputs' spacing,
+    and a read-only ckpt_dir (inference writes nothing there)."""
+    root = ws.root / "nested"
+    for rel in ("a/one.nii.gz", "a/b/two.nii.gz", "labelsTs/three.nii.gz"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ws.data / "imagesTs" / "test_000.nii.gz", root / rel)
+    (ws.models / "model.json").write_text(json.dumps({"weights": "model.pt", "training_spacing_mm": [0.5] * 3}))
+    call = ws.infer(names=str(root), dataset_dir=root)
+    call.env = ws.faults(call.env, readonly=str(ws.models))
+    return call
+
+
+def _nested_written(ws: Workspace, call: Call) -> None:
+    written = sorted(str(p.relative_to(ws.results)) for p in ws.results.rglob("*_seg.nii.gz"))
+    assert written == ["one_seg.nii.gz", "test_000_seg.nii.gz", "two_seg.nii.gz"], written
+    assert _record(ws)["cases"] == 2
+    warnings = [line for line in call.stdout.splitlines() if "more than 2x off the training spacing" in line]
+    assert len(warnings) == 2, call.stdout[-3000:]
+    for line, name in zip(warnings, ("a/one.nii.gz", "a/b/two.nii.gz")):
+        assert f"image {ws.root / 'nested' / name} has voxel spacing 1.5 x 1.5 x 1.5 mm" in line, line
+        assert f"training spacing 0.5 x 0.5 x 0.5 mm ({ws.models / 'model.json'})" in line, line
+    assert "skipped the label folders" in call.stdout and "labelsTs" in call.stdout
+
+
+def _dangling_link(ws: Workspace) -> Call:
+    folder = ws.images()
+    (folder / "gone.nii.gz").symlink_to(ws.root / "deleted" / "scan.nii.gz")
+    return ws.infer(names=str(folder / "gone.nii.gz"), dataset_dir=folder)
+
+
+def _full_at_a_checkpoint(ws: Workspace) -> Call:
+    fresh = ws.root / "fresh"
+    call = ws.train("--max_iterations", "2", "--iterations_per_epoch", "1", names=str(fresh / "checkpoint.pt"),
+                    ckpt_dir=fresh, output_dir=ws.root / "logs")
+    call.env = ws.faults(full=str(fresh), full_match=".semiseg-checkpoint.pt.*", full_after="1")
+    return call
+
+
+def _first_checkpoint_kept(ws: Workspace, call: Call) -> None:
+    fresh = ws.root / "fresh"
+    assert torch.load(fresh / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 1
+    assert sorted(p.name for p in fresh.iterdir()) == sorted([LOCK_FILE, "checkpoint.pt"])  # no model.pt, no temp
+
+
+def _read_only(ws: Workspace, folder: Callable[[Workspace], Path], run: Callable[[Workspace, str], Call]) -> Call:
+    call = run(ws, str(folder(ws)))
+    call.env = ws.faults(call.env, readonly=str(folder(ws)))
+    return call
+
+
+RELIABILITY_ROWS: list[Row] = [
+    # one run per ckpt_dir: an earlier run's files are replaced only when asked, never by a second run
+    Row("train-over-a-killed-run", "checkpoint", _killed_run,
+        r"\S+checkpoint\.pt exists: an earlier run stopped before it finished .* Pass --resume true to continue that "
+        r"run, or --overwrite true to delete the earlier run's files \(checkpoint\.pt\)", bundles=("supervised",)),
+    Row("train-overwrite-with-bad-data-keeps-the-earlier-run", "checkpoint", _overwrite_with_bad_data,
+        r"data set directory \S+nowhere does not exist", bundles=("mean_teacher",)),
+    Row("train-overwrite-deletes-every-file-of-the-earlier-run", "checkpoint", _overwrite, "", status=0,
+        bundles=("mean_teacher",), check=_overwritten),
+    Row("train-while-another-run-holds-the-ckpt-dir", "checkpoint", _second_run,
+        r"ckpt_dir \S+models is in use by another training run \(pid \d+, holding \S+\.semiseg-run\.lock\)",
+        bundles=("supervised",)),
+    # outputs: checked first, then a record of what was written, and no output written over another
+    Row("inference-disk-full-midway", "disk", _inference_disk_full,
+        r"cannot write \S+zz_seg\.nii\.gz: No space left on device \(ENOSPC\); the cases before it were written",
+        bundles=("supervised",), changed=("provenance.json",),
+        check=lambda ws, call: _stopped_after_one_case(ws, call, "good.nii.gz")),
+    Row("evaluate-disk-full-midway", "disk", _evaluate_disk_full,
+        r"cannot write \S+test_001_seg\.nii\.gz: No space left on device \(ENOSPC\)", bundles=("supervised",),
+        changed=("provenance.json", "test_000_seg.nii.gz", "test_000_metrics.json"),
+        check=lambda ws, call: _stopped_after_one_case(ws, call, "test_000.nii.gz")),
+    Row("inference-two-inputs-one-output-name", "inference",
+        lambda ws: ws.infer(names=str(_two_images(ws, "good.nii") / "good.nii.gz"), dataset_dir=ws.root / "images"),
+        r"inference inputs \S+good\.nii and \S+good\.nii\.gz would both be written as good_seg\.nii\.gz",
+        bundles=("supervised",)),
+    Row("inference-same-file-name-in-two-sites", "inference", _site_folders, "", status=0, bundles=("supervised",),
+        changed=("provenance.json",), check=_both_sites_written),
+    Row("inference-images-in-subfolders", "inference", _nested, "", status=0, bundles=("supervised",),
+        changed=("provenance.json",), check=_nested_written),
+    Row("inference-dangling-link", "inference", _dangling_link,
+        r"inference input \S+gone\.nii\.gz is a link to \S+scan\.nii\.gz, which does not exist",
+        bundles=("supervised",)),
+    # read-only folders and full disks: one line naming the folder or file and the errno, before any work
+    Row("train-ckpt-dir-read-only", "disk",
+        lambda ws: _read_only(ws, lambda w: w.models, lambda w, n: w.train("--resume", "true", names=n)),
+        r"ckpt_dir \S+models is not writable: Read-only file system \(EROFS\)", bundles=("supervised",)),
+    Row("train-output-dir-read-only", "disk",
+        lambda ws: _read_only(ws, lambda w: w.results, lambda w, n: w.train("--resume", "true", names=n)),
+        r"output_dir \S+results is not writable: Read-only file system \(EROFS\)", bundles=("supervised",)),
+    Row("train-disk-full-at-a-checkpoint", "disk", _full_at_a_checkpoint,
+        r"cannot write \S+fresh/checkpoint\.pt: No space left on device \(ENOSPC\); the earlier checkpoint\.pt is "
+        r"unchanged\. .* --resume true", bundles=("supervised",), check=_first_checkpoint_kept),
+    Row("inference-output-dir-read-only", "disk",
+        lambda ws: _read_only(ws, lambda w: w.results, lambda w, n: w.infer(names=n)),
+        r"output_dir \S+results is not writable: Read-only file system \(EROFS\)", bundles=("supervised",)),
+    Row("inference-working-folder-read-only", "disk",
+        lambda ws: _read_only(ws, lambda w: w.bundle_copy,
+                              lambda w, n: w.infer(names=str(Path(n) / "eval"), output_dir=False)),
+        r"output_dir \S+bundle/eval is not writable \(it does not exist and cannot be created in \S+bundle\): "
+        r"Read-only file system \(EROFS\)", bundles=("supervised",)),
+]
+
+
+ROWS: list[Row] = [*DATA_ROWS, *BUNDLE_ROWS, *RELIABILITY_ROWS]
 
 # What a per-bundle row exercises before it fails: the checks in ``initialize``, the data list, pre-processing and
 # the paths of the configs it runs. Bundles whose configs agree on all of these take the same path to the same error
@@ -757,6 +999,7 @@ ROWS: list[Row] = [*DATA_ROWS, *BUNDLE_ROWS]
 _PATH_IDS = ("initialize", "datalist", "preprocessing", "dataset_dir", "bundle_root", "ckpt_dir", "output_dir",
              "model_file", "overwrite", "resume", "in_channels", "num_classes", "nonfinite_voxels")
 _KIND_CONFIGS = {"override": ("train.json", "evaluate.json", "inference.json"),
+                 "disk": ("train.json", "evaluate.json", "inference.json"),
                  "checkpoint": ("train.json", "evaluate.json", "inference.json"), "inference": ("inference.json",)}
 ALWAYS = ("supervised", "mean_teacher")
 
@@ -780,11 +1023,11 @@ def representatives(kind: str) -> list[str]:
     return chosen
 
 
-def row_bundles(row: Row) -> tuple[str | None, ...]:
-    """The bundles a row runs for: none (in-process), its own ``bundles``, or :func:`representatives`."""
+def row_bundles(row: Row) -> Sequence[str | None]:
+    """The bundles a row runs for: None for an in-process row, its own ``bundles``, else :func:`representatives`."""
     if row.kind in IN_PROCESS_KINDS:
         return (None,)
-    return row.bundles if row.bundles is not None else tuple(representatives(row.kind))
+    return row.bundles if row.bundles is not None else representatives(row.kind)
 
 
 MATRIX = [
@@ -828,7 +1071,7 @@ def _released(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
 
 
 def _run(call: Call) -> tuple[int, str]:
-    """Exit status and error report of a row's call."""
+    """Exit status and error report of a row's call (its standard output goes to ``call.stdout``)."""
     if call.fn is not None:
         try:
             call.fn()
@@ -845,6 +1088,7 @@ def _run(call: Call) -> tuple[int, str]:
                               timeout=SUBPROCESS_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         pytest.fail(f"still running after {SUBPROCESS_TIMEOUT_S} s (the bad input was not refused): {call.argv}")
+    call.stdout = done.stdout
     return done.returncode, done.stderr
 
 
@@ -852,10 +1096,13 @@ def _run(call: Call) -> tuple[int, str]:
 def test_bad_input(row: Row, bundle: str | None, tmp_path: Path, _demo_dir: Callable[[], Path],
                    _released: Callable[[str], Path]) -> None:
     ws = Workspace(tmp_path, bundle, _demo_dir, lambda: _released(str(bundle)))
-    call = row.make(ws)
-    before = ws.snapshot()
-
-    status, report = _run(call)
+    try:
+        call = row.make(ws)
+        before = ws.snapshot(skip=row.changed)
+        status, report = _run(call)
+    finally:
+        for cleanup in ws.cleanups:
+            cleanup()
 
     assert status == row.status, f"exit status {status}, expected {row.status}; stderr:\n{report[-3000:]}"
     if row.status != 0:
@@ -869,7 +1116,13 @@ def test_bad_input(row: Row, bundle: str | None, tmp_path: Path, _demo_dir: Call
         assert "SEMISEG_TRACEBACK=1" in line
         for more in row.also:
             assert re.search(more, tail), f"{more!r} not in the report:\n{tail}"
-    assert ws.snapshot() == before, "pre-existing checkpoints or results changed"
+    after = ws.snapshot(skip=row.changed)
+    if row.status != 0 and not row.changed:  # refused: nothing written at all
+        assert after == before, "pre-existing checkpoints or results changed, or files were written"
+    else:  # a run that wrote results: the earlier ones are still there, unchanged
+        assert {path: after.get(path) for path in before} == before, "pre-existing checkpoints or results changed"
+    if row.check is not None:
+        row.check(ws, call)
 
 
 def test_matrix_covers_every_kind_and_bundle() -> None:
@@ -878,8 +1131,9 @@ def test_matrix_covers_every_kind_and_bundle() -> None:
     assert {row.kind for row in ROWS} >= {"data", "override", "inference", "checkpoint"}
     per_bundle = [row for row in ROWS if row.kind not in IN_PROCESS_KINDS]
     assert len(MATRIX) == len(ROWS) - len(per_bundle) + sum(len(row_bundles(row)) for row in per_bundle)
-    assert all(set(row.bundles or ()) <= set(BUNDLES) for row in ROWS)
-    for kind in {row.kind for row in per_bundle}:  # every bundle is run, or has a run twin with the same fingerprint
+    assert all(set(row.bundles) <= set(BUNDLES) for row in per_bundle if row.bundles is not None)
+    # every bundle is run, or has a run twin with the same fingerprint
+    for kind in {row.kind for row in per_bundle if row.bundles is None}:
         covered = {fingerprint(b, kind) for b in representatives(kind)}
         assert all(fingerprint(b, kind) in covered for b in BUNDLES), kind
         assert set(ALWAYS) <= set(representatives(kind))

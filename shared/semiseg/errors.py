@@ -14,7 +14,9 @@ followed by the rest of a multi-line message, and the full traceback only when t
 Which exceptions are reported this way (:func:`user_error`): anywhere in the exception chain (``__cause__`` /
 ``__context__``, outermost first), a :class:`SemisegError`, or a ``ValueError`` (``DataValidationError`` included),
 ``FloatingPointError`` or ``OSError`` raised by semiseg code itself (the innermost traceback frame is in a semiseg
-module). Everything else (bugs, library errors) gets Python's usual traceback.
+module), or an ``OSError`` of a full or read-only disk (``ENOSPC``, ``EDQUOT``, ``EROFS``) raised anywhere, say by
+a library writing a segmentation: its message names the file. Everything else (bugs, library errors) gets Python's
+usual traceback.
 
 This module imports only the standard library, so it ships inside a bundle zip (``scripts/package_bundles.py``)
 and the report works when inference runs with MONAI alone.
@@ -22,6 +24,7 @@ and the report works when inference runs with MONAI alone.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
@@ -43,6 +46,8 @@ TRACEBACK_ENV = "SEMISEG_TRACEBACK"
 
 _PACKAGE = "semiseg"  # also "scripts.semiseg.*" when shipped in a bundle zip
 _REPORTED_TYPES = (ValueError, FloatingPointError, OSError)
+_DISK_ERRNOS = frozenset(n for n in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS) if n is not None)
+"""``OSError`` numbers reported in one line wherever they are raised: the disk, not a bug."""
 _HINT = f"({TRACEBACK_ENV}=1 prints the traceback)"
 _PREFIX = "semiseg: error: "
 
@@ -121,11 +126,13 @@ def user_error(exc: BaseException) -> BaseException | None:
             evaluate ...")``).
 
     Returns:
-        The outermost :class:`SemisegError`, or ``ValueError``/``FloatingPointError``/``OSError`` raised by semiseg
-        code, in the chain; None if there is none.
+        The outermost :class:`SemisegError`, ``ValueError``/``FloatingPointError``/``OSError`` raised by semiseg
+        code, or ``OSError`` of a full or read-only disk, in the chain; None if there is none.
     """
     for item in _chain(exc):
         if _is_semiseg_error(item) or (isinstance(item, _REPORTED_TYPES) and _raised_by_semiseg(item)):
+            return item
+        if isinstance(item, OSError) and item.errno in _DISK_ERRNOS:
             return item
     return None
 

@@ -11,6 +11,7 @@ from ignite.engine import EventEnum
 __all__ = [
     "SSLKeys",
     "SSLIterationEvents",
+    "SSLRunEvents",
     "register_state_provider",
     "provides_state",
     "state_providers",
@@ -54,6 +55,18 @@ class SSLIterationEvents(EventEnum):
 
     TEACHER_UPDATED = "teacher_updated"
     SECOND_PHASE_COMPLETED = "second_phase_completed"
+
+
+class SSLRunEvents(EventEnum):
+    """Events of a whole training run, fired by :class:`semiseg.engines.SemiSupervisedTrainer`.
+
+    RUN_ENDED: the run ended, completed or stopped by an error (fired after Ignite's ``COMPLETED`` or
+        ``EXCEPTION_RAISED`` handlers, before the error propagates); what a run holds until it ends, such as the
+        lock of its ``ckpt_dir`` (:class:`semiseg.handlers.CheckpointDirGuard`), is released here. A handler must
+        not raise.
+    """
+
+    RUN_ENDED = "run_ended"
 
 
 # engine.state attribute -> the handlers (dotted names or short descriptions) that set it, first registered first

@@ -221,3 +221,19 @@ def test_cli_ships_weights_or_refuses_without_an_explicit_flag(tmp_path: Path, c
     assert f"(with weights {weights_dir / 'mean_teacher' / 'models' / 'model.pt'}" in capsys.readouterr().out
     with zipfile.ZipFile(zip_path) as zf:
         assert "mean_teacher/models/model.pt" in zf.namelist()
+
+
+def test_the_training_record_ships_beside_the_weights(tmp_path: Path) -> None:
+    """models/model.json (the training spacing inference compares its inputs with) goes into the zip with model.pt."""
+    weights = tmp_path / "run" / "models" / "model.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    zip_path = package_bundles.package_bundle(REPO / "bundles" / "supervised", tmp_path / "dist", weights)
+    with zipfile.ZipFile(zip_path) as zf:
+        assert "supervised/models/model.json" not in zf.namelist()
+    (weights.parent / "model.json").write_text('{"training_spacing_mm": [1.5, 1.5, 1.5]}\n')
+    zip_path = package_bundles.package_bundle(REPO / "bundles" / "supervised", tmp_path / "dist", weights)
+    with zipfile.ZipFile(zip_path) as zf:
+        assert zf.read("supervised/models/model.json") == (weights.parent / "model.json").read_bytes()
+        assert {"supervised/scripts/semiseg/inference/spacing.py",
+                "supervised/scripts/semiseg/inference/saving.py"} <= set(zf.namelist())

@@ -152,14 +152,70 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_bitwise_equal_to_an_un
     assert 4 <= iteration < 8
     stale = models / ".semiseg-checkpoint.pt.k1ll3d.partial"  # what a kill during a write leaves
     stale.write_bytes(b"half a checkpoint")
+    kept = checkpoint.read_bytes()
 
+    # a plain re-run (no --resume) refuses: the killed run's checkpoint.pt is not replaced, no stale lock stops it
+    again = subprocess.run(_bundle_command(tmp_path / "killed", tiny_demo), cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert f"semiseg: error: {checkpoint} exists: an earlier run stopped before it finished" in again.stderr
+    assert "Pass --resume true to continue that run" in again.stderr
+    assert checkpoint.read_bytes() == kept and stale.exists()
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a live writer's temp file
+    writing = models / f".semiseg-checkpoint.pt.{live.pid}.w7x2yz.partial"
+    writing.write_bytes(b"being written")
     resumed = subprocess.run(_bundle_command(tmp_path / "killed", tiny_demo, resume="true"), cwd=REPO, env=env,
                              stdout=logs["resumed"], stderr=subprocess.STDOUT, timeout=300)
+    live.kill()
+    live.wait()
     assert whole.wait(timeout=300) == 0, (tmp_path / "whole.log").read_text()[-3000:]
     assert resumed.returncode == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     for log in logs.values():
         log.close()
-    assert not stale.exists()
+    assert not stale.exists() and writing.read_bytes() == b"being written"  # only the dead writer's file went
     assert "Restored all variables" in (tmp_path / "resumed.log").read_text()
     for name in ("model.pt", "teacher.pt", "checkpoint.pt"):
         assert _different(tmp_path / "whole" / "models" / name, models / name) == [], name
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_second_run_on_a_ckpt_dir_in_use_is_refused_naming_the_first_which_finishes_intact(
+    tiny_demo: Path, tmp_path: Path
+) -> None:
+    """Two real training processes on one ckpt_dir: the first is paused (SIGSTOP) while it holds the folder's lock,
+    the second (with --overwrite true) refuses naming its pid and changes nothing, the first then completes."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "shared"), str(REPO)]))
+    models = tmp_path / "run" / "models"
+    lock = models / ".semiseg-run.lock"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(_bundle_command(tmp_path / "run", tiny_demo), cwd=REPO, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not (lock.exists() and lock.read_text().split()[:1] == [str(first.pid)]):
+                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the first run never took the lock"
+                time.sleep(0.01)
+            first.send_signal(signal.SIGSTOP)
+            before = _files(models)
+            second = subprocess.run(_bundle_command(tmp_path / "run", tiny_demo, overwrite="true"), cwd=REPO,
+                                    env=env, capture_output=True, text=True, timeout=300)
+            assert second.returncode == 1, second.stderr[-3000:]
+            assert (f"semiseg: error: ckpt_dir {models} is in use by another training run (pid {first.pid}, "
+                    f"holding {lock})") in second.stderr
+            assert _files(models) == before
+            first.send_signal(signal.SIGCONT)
+            assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        finally:
+            if first.poll() is None:
+                first.send_signal(signal.SIGCONT)
+                first.kill()
+    assert torch.load(models / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 8
+    final = torch.load(models / "model.pt", weights_only=True)
+    assert states_equal(final, torch.load(models / "checkpoint.pt", weights_only=True)["model"])
+    assert sorted(_files(models)) == sorted([".semiseg-run.lock", "checkpoint.pt", "model.json", "model.pt",
+                                             "teacher.pt"])

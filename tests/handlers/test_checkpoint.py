@@ -3,8 +3,12 @@ writes (docs/architecture.md §2, "Checkpoints")."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +17,10 @@ from ignite.engine import Events
 from monai.handlers import StatsHandler
 
 from semiseg.engines import SemiSupervisedTrainer
-from semiseg.errors import SettingError
+from semiseg.errors import SettingError, format_user_error, user_error
+from semiseg.files import WriteError
 from semiseg.handlers import AtomicCheckpointSaver, prepare_checkpoint_dir
-from semiseg.handlers.checkpoint import TEMP_PREFIX, TEMP_SUFFIX, non_finite_tensors
+from semiseg.handlers.checkpoint import TEMP_PREFIX, TEMP_SUFFIX, clean_stale_temp_files, non_finite_tensors
 from semiseg.methods import SupervisedMethod
 from tests.helpers import states_equal, tiny_unet
 
@@ -68,18 +73,70 @@ def test_atomic_write_uses_its_own_temp_pattern_and_stale_temp_files_are_removed
     trainer.run()
     good = (tmp_path / "model.pt").read_bytes()
     seen: list[str] = []
+    write = os.write
 
-    def dying_save(obj, f, **kwargs):  # killed mid-write: the temp file exists, the target is untouched
-        seen.append(Path(f.name).name)
+    def dying_write(fd: int, data) -> int:  # interrupted mid-write: the temp file exists, the target is untouched
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        if not name.startswith(TEMP_PREFIX):
+            return write(fd, data)
+        seen.append(name)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", dying_save)
+    monkeypatch.setattr(os, "write", dying_write)
     trainer.state.max_epochs = 2
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
-    assert seen and seen[0].startswith(f"{TEMP_PREFIX}model.pt.") and seen[0].endswith(TEMP_SUFFIX)
+    assert seen and seen[0].startswith(f"{TEMP_PREFIX}model.pt.{os.getpid()}.") and seen[0].endswith(TEMP_SUFFIX)
     assert (tmp_path / "model.pt").read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", *(p.name for p in others)])
+
+
+def test_the_clean_up_leaves_the_temp_files_of_live_processes_alone(tmp_path) -> None:
+    """A starting run deletes what killed writers left, never a file another live run is writing."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            names = {
+                "live": f"{TEMP_PREFIX}checkpoint.pt.{live.pid}.k2j4_x{TEMP_SUFFIX}",
+                "this process": f"{TEMP_PREFIX}model.pt.{os.getpid()}.a8b9c0{TEMP_SUFFIX}",
+                "dead": f"{TEMP_PREFIX}checkpoint.pt.{int(finished.stdout)}.zz0912{TEMP_SUFFIX}",
+                "no pid": f"{TEMP_PREFIX}checkpoint.pt.k1ll3d{TEMP_SUFFIX}",
+            }
+            for name in names.values():
+                (tmp_path / name).write_bytes(b"half a checkpoint")
+            removed = clean_stale_temp_files(tmp_path)
+            assert sorted(Path(p).name for p in removed) == sorted([names["dead"], names["no pid"]])
+            assert (tmp_path / names["live"]).exists() and (tmp_path / names["this process"]).exists()
+        finally:
+            live.kill()
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_the_last_checkpoint_survives(
+    tmp_path, monkeypatch
+) -> None:
+    net = tiny_unet()
+    trainer, _ = _bare_engine_saver(tmp_path, net, save_interval=1, epoch_level=True,
+                                    interval_filename="checkpoint.pt", n_saved=1)
+    trainer.run()
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    write = os.write
+
+    def full_disk(fd: int, data) -> int:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(f"{TEMP_PREFIX}checkpoint.pt."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    trainer.state.max_epochs = 2
+    with pytest.raises(WriteError) as info:
+        trainer.run()
+    line = format_user_error(user_error(info.value)).splitlines()[0]
+    assert f"cannot write {tmp_path / 'checkpoint.pt'}: No space left on device (ENOSPC)" in line
+    assert "the earlier checkpoint.pt is unchanged" in line and "--resume true" in line
+    assert info.value.errno == errno.ENOSPC
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp file left
 
 
 def test_prepare_checkpoint_dir_refuses_to_replace_trained_weights(tmp_path) -> None:
@@ -103,6 +160,20 @@ def test_prepare_checkpoint_dir_reads_its_flags_with_the_settings_parser(tmp_pat
     assert prepare_checkpoint_dir(tmp_path, resume="no", overwrite="YES") is False  # "no" is not truthy here
     with pytest.raises(SettingError, match="setting overwrite must be true or false .* got 'maybe'"):
         prepare_checkpoint_dir(tmp_path, resume=False, overwrite="maybe")
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "teacher.pt", "model_2.pt", "model_best.pt", "model.json"])
+def test_a_fresh_run_refuses_where_any_file_of_an_earlier_run_is(tmp_path, name: str) -> None:
+    """Not only model.pt: the resumable state of a killed run, a teacher or second student, the best weights."""
+    (tmp_path / name).write_bytes(b"an earlier run's file")
+    with pytest.raises(FileExistsError) as info:
+        prepare_checkpoint_dir(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / name} exists: ") and "--overwrite true to delete" in message
+    assert ("--resume true to continue that run" in message) == (name == "checkpoint.pt")
+    assert prepare_checkpoint_dir(tmp_path, overwrite=True) is False  # nothing is deleted here
+    assert (tmp_path / name).read_bytes() == b"an earlier run's file"
+
 
 
 # which files each way a run ends writes -----------------------------------------------------------------------------

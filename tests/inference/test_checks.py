@@ -110,7 +110,7 @@ def test_bad_images_fail_with_their_name_and_problem(tmp_path: Path) -> None:
     assert problems[2].startswith(f"image {tmp_path / 'd_2ch.nii.gz'} has 2 channels (shape (10, 9, 8, 2)) but the "
                                   "network takes in_channels = 1")
     assert problems[3].startswith(f"cannot read image {tmp_path / 'e_cut.nii.gz'}: ")
-    assert "truncated, corrupt or not NIfTI" in problems[3]
+    assert "ends early" in problems[3]  # the gzip stream check names a truncated .nii.gz (semiseg.data.files)
 
 
 def test_channels_and_nonfinite_policy(tmp_path: Path) -> None:
@@ -136,7 +136,8 @@ def test_replace_nonfinite_uses_the_smallest_finite_value() -> None:
     assert ReplaceNonFinited("image")({"image": finite})["image"] is finite
 
 
-@pytest.mark.parametrize("module", ["semiseg.inference.checks", "semiseg.inference.provenance",
+@pytest.mark.parametrize("module", ["semiseg.inference.checks", "semiseg.inference.provenance", "semiseg.files",
+                                    "semiseg.inference.spacing", "semiseg.inference.saving",
                                     "semiseg.bundle_checks", "semiseg.errors"])
 def test_ships_in_a_bundle_zip(module: str) -> None:
     """Only torch/MONAI/numpy/stdlib imports and relative semiseg imports: package_bundles.py accepts it."""
@@ -144,3 +145,94 @@ def test_ships_in_a_bundle_zip(module: str) -> None:
     package_bundles = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(package_bundles)  # type: ignore[union-attr]
     assert module in package_bundles.collect_modules([module])
+
+
+def test_a_folder_is_searched_with_its_subfolders_files_first_label_folders_skipped(tmp_path: Path, caplog) -> None:
+    for rel in ("b.nii.gz", "sub_2/c.nii", "sub_10/d.nii.gz", "sub_2/deeper/e.nii.gz", "a.nii.gz",
+                "labelsTr/x.nii.gz", ".hidden/y.nii.gz"):
+        _save(tmp_path / rel, _volume())
+    with caplog.at_level("INFO"):
+        found = [str(Path(p).relative_to(tmp_path)) for p in find_images(tmp_path)]
+    assert found == ["a.nii.gz", "b.nii.gz", "sub_2/c.nii", "sub_2/deeper/e.nii.gz", "sub_10/d.nii.gz"]
+    assert f"skipped the label folders {tmp_path / 'labelsTr'}" in caplog.text
+
+
+def test_a_folder_of_subfolders_is_never_called_empty(tmp_path: Path) -> None:
+    _save(tmp_path / "site" / "case.nii.gz", _volume())
+    assert find_images(tmp_path) == [str(tmp_path / "site" / "case.nii.gz")]
+    (tmp_path / "site" / "case.nii.gz").unlink()
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DataValidationError, match=r"in inference input folder \S+: it holds 2 subfolders, without "
+                                                  r"any file; pass --dataset_dir"):
+        find_images(tmp_path)
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    _save(tmp_path / "labels" / "case.nii.gz", _volume())
+    with pytest.raises(DataValidationError, match=r": it holds 1 other files in it and its 2 subfolders, e\.g\. "
+                                                  r"other/notes\.txt; the label folders labels were skipped"):
+        find_images(tmp_path)
+
+
+def test_links_to_missing_files_are_named(tmp_path: Path) -> None:
+    _save(tmp_path / "good.nii.gz", _volume())
+    (tmp_path / "gone.nii.gz").symlink_to(tmp_path / "deleted.nii.gz")
+    (tmp_path / "notes.txt").symlink_to(tmp_path / "deleted.txt")  # not an image: not read, not reported
+    with pytest.raises(DataValidationError, match=rf"inference input {tmp_path / 'gone.nii.gz'} is a link to "
+                                                  rf"{tmp_path / 'deleted.nii.gz'}, which does not exist"):
+        find_images(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({"test": ["gone.nii.gz"]}))
+    with pytest.raises(DataValidationError, match=r"test\[0\] names \S+gone\.nii\.gz, a link to \S+, which does not"):
+        find_images(tmp_path)
+
+
+def test_output_names_are_flat_where_unique_and_keep_their_folders_where_not(tmp_path: Path) -> None:
+    from semiseg.inference.checks import output_names
+
+    paths = [str(tmp_path / p) for p in ("siteA/p1.nii.gz", "siteB/x/p1.nii", "q.nii.gz", "siteA/P2.nii", "p2.nii.gz")]
+    assert output_names(paths) == {paths[0]: "siteA/p1", paths[1]: "siteB/x/p1", paths[2]: "q",
+                                   paths[3]: "siteA/P2", paths[4]: "p2"}  # P2 and p2 clash where case is ignored
+    same = [str(tmp_path / "case.nii"), str(tmp_path / "case.nii.gz")]
+    with pytest.raises(DataValidationError, match=rf"inference inputs {same[0]} and {same[1]} would both be written "
+                                                  r"as case_seg\.nii\.gz"):
+        output_names(same)
+
+
+def test_inputs_are_named_for_save_image_from_the_checked_list(tmp_path: Path) -> None:
+    from semiseg.inference.checks import case_output_name
+
+    a, b = _save(tmp_path / "siteA" / "p1.nii.gz", _volume()), _save(tmp_path / "siteB" / "p1.nii.gz", _volume())
+    flat = _save(tmp_path / "siteB" / "a.b.nii.gz", _volume())
+    inference_images(tmp_path)
+    assert case_output_name({"filename_or_obj": str(a), "patch_index": None}) == {"subject": "/siteA/p1.nii.gz",
+                                                                                  "idx": None}
+    assert case_output_name({"filename_or_obj": str(b)})["subject"] == "/siteB/p1.nii.gz"
+    assert case_output_name({"filename_or_obj": str(flat)})["subject"] == "a.b.nii.gz"
+    assert case_output_name({"filename_or_obj": "/elsewhere/new.nii.gz"})["subject"] == "new.nii.gz"  # MONAI Label
+
+
+def test_an_input_far_from_the_training_spacing_gets_a_one_line_warning(tmp_path: Path, caplog) -> None:
+    record = tmp_path / "model.json"
+    record.write_text(json.dumps({"training_spacing_mm": [1.5, 1.5, 1.0]}))
+    _save(tmp_path / "images" / "near.nii.gz", _volume())  # 1.5 x 1.5 x 2.0: within a factor of 2
+    far = tmp_path / "images" / "far.nii.gz"
+    far.parent.mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(_volume(), np.diag([0.5, 1.5, 2.0, 1.0])), str(far))
+    with caplog.at_level("WARNING"):
+        assert len(inference_images(tmp_path / "images", training_record=record)) == 2
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert lines == [f"image {far} has voxel spacing 0.5 x 1.5 x 2 mm, more than 2x off the training spacing "
+                     f"1.5 x 1.5 x 1 mm ({record}): its segmentation may be poor; resample it to the training "
+                     "spacing."]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        inference_images(tmp_path / "images", training_record=tmp_path / "none.json")  # no record: no comparison
+    assert not caplog.records
+
+
+def test_ras_spacing_follows_the_axes_an_orientation_to_ras_gives() -> None:
+    from semiseg.inference.spacing import ras_spacing, spacing_mismatch
+
+    assert ras_spacing(np.diag([1.0, 2.0, 3.0, 1.0])) == (1.0, 2.0, 3.0)
+    permuted = np.array([[0, 0, -3.0, 0], [2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])  # voxel axes S, R, A
+    assert ras_spacing(permuted) == (3.0, 2.0, 1.0)
+    assert spacing_mismatch((1.0, 1.0, 2.1), (1.0, 1.0, 1.0)) and spacing_mismatch((0.49, 1, 1), (1, 1, 1))
+    assert not spacing_mismatch((2.0, 0.5, 1.0), (1.0, 1.0, 1.0))

@@ -3,12 +3,14 @@ checkpoint (sha256) and command made them; inference writes it with MONAI alone 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import monai
@@ -16,9 +18,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, download, run
 
+from semiseg.files import WriteError
 from semiseg.inference import ProvenanceWriter, file_sha256
 from tests.bundles.conftest import REPO, bundle_overrides, config
 from tests.bundles.test_package import package_bundles
@@ -51,6 +54,7 @@ def test_record_is_written_at_start_and_completion(tmp_path: Path) -> None:
 
     during, after = seen[0], json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert during["status"] == "started" and during["finished"] is None and during["started"].endswith("Z")
+    assert [r["cases"] for r in seen] == [0, 1, 2]  # each case is recorded as it is written
     assert after["status"] == "completed" and after["cases"] == 3 and after["finished"] >= after["started"]
     assert after["workflow"] == "evaluate" and after["bundle"] == {"name": "b", "version": "1.2.3"}
     sha256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
@@ -60,6 +64,53 @@ def test_record_is_written_at_start_and_completion(tmp_path: Path) -> None:
     assert after["versions"]["monai"] == monai.__version__ and after["versions"]["torch"] == torch.__version__
     assert after["versions"]["semiseg"] == "0.1.0"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["provenance.json"]  # no temporary file left
+
+
+def _failing_engine(fail_at: int, event=None) -> Engine:
+    def step(engine: Engine, batch: int) -> None:
+        if batch == fail_at:
+            raise RuntimeError("out of memory\nmore lines")
+
+    engine = Engine(step)
+    if event is not None:
+        engine.add_event_handler(event, lambda e: (_ for _ in ()).throw(FileNotFoundError("weights gone")))
+    return engine
+
+
+def test_a_run_that_fails_midway_says_failed_with_the_error_and_the_cases_written(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"w": torch.arange(3)}, checkpoint)
+    writer = ProvenanceWriter(tmp_path / "out", checkpoint)
+    engine = _failing_engine(fail_at=2)
+    writer.attach(engine)
+    engine.add_event_handler(Events.EXCEPTION_RAISED, lambda e, err: (_ for _ in ()).throw(err))  # as StatsHandler
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.run([0, 1, 2, 3], max_epochs=1)
+    record = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert record["status"] == "failed" and record["cases"] == 2 and record["finished"] >= record["started"]
+    assert record["error"] == "RuntimeError: out of memory"
+
+
+def test_a_run_that_fails_before_its_first_case_leaves_the_earlier_record(tmp_path: Path) -> None:
+    """A checkpoint loader failing at STARTED (attached before the writer): nothing in output_dir changes."""
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"w": torch.arange(3)}, checkpoint)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "provenance.json").write_text('{"status": "completed"}\n')
+    engine = _failing_engine(fail_at=-1, event=Events.STARTED)
+    ProvenanceWriter(tmp_path / "out", checkpoint).attach(engine)
+    with pytest.raises(FileNotFoundError):
+        engine.run([0, 1], max_epochs=1)
+    assert (tmp_path / "out" / "provenance.json").read_text() == '{"status": "completed"}\n'
+
+
+def test_an_unwritable_output_dir_fails_before_the_run(tmp_path: Path, monkeypatch) -> None:
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"w": torch.arange(3)}, checkpoint)
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only")))
+    with pytest.raises(WriteError, match=r"output_dir \S+out is not writable \(it does not exist and cannot be "
+                                         r"created in \S+\): Read-only \(EROFS\)"):
+        ProvenanceWriter(tmp_path / "out", checkpoint)
 
 
 def test_evaluate_writes_provenance_next_to_its_metrics(tiny_demo: Path, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from semiseg.handlers.random_state import (
     set_random_state,
     set_transform_state,
 )
-from semiseg.keys import SSLIterationEvents
+from semiseg.keys import SSLIterationEvents, SSLRunEvents
 from semiseg.methods.base import LabelledBatch, SSLMethod
 from semiseg.modes import ensure_mode
 
@@ -401,7 +401,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self._check_parameters(network, optimizer, extra_networks, extra_optimizers)
 
         labelled = DataCycle(train_data_loader)
-        event_names = list(kwargs.pop("event_names", None) or []) + [SSLIterationEvents]
+        event_names = list(kwargs.pop("event_names", None) or []) + [SSLIterationEvents, SSLRunEvents]
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -565,10 +565,14 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         """Run training (Ignite ``Engine.run`` through MONAI's ``Workflow.run``), resuming from the current state.
 
         Skips MONAI's ``Trainer.run``, which only replaces ``self.scaler`` by a new CUDA grad scaler on every call:
-        that would discard a scale restored from a checkpoint and ignore the trainer's device.
+        that would discard a scale restored from a checkpoint and ignore the trainer's device. Fires
+        :attr:`~semiseg.keys.SSLRunEvents.RUN_ENDED` when the run ends, completed or failed.
         """
         self._good_iteration = self._start_iteration = None
-        Workflow.run(self)
+        try:
+            Workflow.run(self)
+        finally:
+            self._fire_event(SSLRunEvents.RUN_ENDED)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if not self.amp:

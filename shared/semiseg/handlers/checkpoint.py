@@ -5,16 +5,17 @@
 checkpoint whose tensors are not all finite is not written (the last good file stays, and the log says so); and
 the final checkpoint is written when training stops on an error only where ``save_on_error`` is set and the
 trainer's in-memory state is that of a completed iteration (MONAI writes it on any exception, which puts untrained
-or half-updated weights in ``model.pt``). :func:`prepare_checkpoint_dir` refuses a fresh run that would replace a
-trained ``model.pt``.
+or half-updated weights in ``model.pt``). A write that fails (a full disk, a read-only folder) stops the run with
+one line naming the file and the ``errno``; the previous file stays. :func:`prepare_checkpoint_dir` refuses a fresh
+run where an earlier run's files (:data:`RUN_FILES`) are.
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,20 +26,39 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 
+from semiseg.files import WriteError, process_alive, temp_owner, write_atomic
+
 from ..settings import flag
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "RUN_FILES",
     "TEMP_PREFIX",
     "TEMP_SUFFIX",
     "clean_stale_temp_files",
+    "existing_run_files",
     "non_finite_tensors",
     "prepare_checkpoint_dir",
 ]
 
 TEMP_PREFIX = ".semiseg-"
 TEMP_SUFFIX = ".partial"
-"""A file being written is ``<dir>/.semiseg-<name>.<random>.partial`` until it is renamed to ``<dir>/<name>``."""
+"""A file being written is ``<dir>/.semiseg-<name>.<pid>.<random>.partial`` until it is renamed to ``<dir>/<name>``;
+``<pid>`` is the writing process's id (files written before ids were recorded have none)."""
+
+RUN_FILES = ("model.pt", "checkpoint.pt", "teacher.pt", "model_2.pt", "model_best.pt", "model.json")
+"""Every file a training run writes into ``ckpt_dir``, the one list of them: the student's weights (``model.pt``),
+the full training state (``checkpoint.pt``), the EMA teacher (``teacher.pt``: mean_teacher, uamt, ict), CPS's second
+student (``model_2.pt``), the best-validation weights (``model_best.pt``) and the record written beside ``model.pt``
+(``model.json``: :class:`~semiseg.handlers.TrainingRecordWriter`). A fresh run refuses where any of them exists;
+``--overwrite true`` deletes them all when the new run starts, ``model.pt`` and ``model.json`` when it completes
+(:class:`~semiseg.handlers.CheckpointDirGuard`). A bundle that writes a new
+file adds its name here (``tests/handlers/test_checkpoint_dir.py`` checks every generated config against it)."""
+
+
+def existing_run_files(ckpt_dir: str | os.PathLike, names: Iterable[str] = RUN_FILES) -> list[str]:
+    """The files of :data:`RUN_FILES` (or ``names``) that exist in ``ckpt_dir``, in that order."""
+    return [name for name in names if os.path.lexists(os.path.join(ckpt_dir, name))]
 
 
 def prepare_checkpoint_dir(
@@ -47,24 +67,29 @@ def prepare_checkpoint_dir(
     overwrite: Any = False,
     final_filename: str = "model.pt",
     checkpoint_filename: str = "checkpoint.pt",
+    run_files: Iterable[str] = RUN_FILES,
 ) -> bool:
     """Create ``ckpt_dir`` and check that this training run may write into it.
 
-    A fresh run (``resume`` false) refuses to start where ``final_filename`` exists unless ``overwrite`` is true,
-    so trained weights are never replaced by accident; ``resume`` true needs ``checkpoint_filename``.
+    A fresh run (``resume`` false) refuses to start where a file of an earlier run (``run_files``: trained
+    weights, or the ``checkpoint_filename`` of a run that was stopped) exists unless ``overwrite`` is true, so
+    neither trained weights nor a resumable state are replaced by accident; ``resume`` true needs
+    ``checkpoint_filename``. Nothing is deleted here: :class:`~semiseg.handlers.CheckpointDirGuard` deletes the
+    earlier run's files when an ``overwrite`` run starts training.
 
     Args:
         ckpt_dir: the checkpoint folder (bundle id ``ckpt_dir``).
         resume: bundle setting ``resume`` (continue from ``checkpoint_filename``).
-        overwrite: bundle setting ``overwrite`` (train from scratch over an existing ``final_filename``).
+        overwrite: bundle setting ``overwrite`` (train from scratch over an earlier run's files).
         final_filename: the weights a completed run writes.
         checkpoint_filename: the full training state ``resume`` loads.
+        run_files: every file a run writes into ``ckpt_dir`` (:data:`RUN_FILES`).
 
     Returns:
         ``resume`` as a bool (see :func:`semiseg.settings.flag`).
 
     Raises:
-        FileExistsError: on a fresh run over an existing ``final_filename`` without ``overwrite``.
+        FileExistsError: on a fresh run over an earlier run's files without ``overwrite``.
         FileNotFoundError: on ``resume`` without ``checkpoint_filename``.
         SettingError: if ``resume`` or ``overwrite`` is not a boolean.
     """
@@ -78,19 +103,37 @@ def prepare_checkpoint_dir(
                 f"{ckpt_dir}. Train without --resume (with --overwrite true if {final_filename} is there) or point "
                 "--ckpt_dir at the folder of the run to continue."
             )
-    elif final.exists() and not overwrite:
+        return resume
+    found = existing_run_files(ckpt_dir, [final_filename, checkpoint_filename, *run_files])
+    if not found or overwrite:
+        return resume
+    names = ", ".join(dict.fromkeys(found))
+    deletes = f"--overwrite true to delete the earlier run's files ({names}) and train from scratch"
+    if final.exists():
+        resume_hint = (f"--resume true to continue training from {checkpoint}" if checkpoint.is_file()
+                       else f"--resume true needs {checkpoint}, which is not there")
         raise FileExistsError(
-            f"{final} exists: this training run would replace those weights. Pass --resume true to continue "
-            f"training from {checkpoint}, or --overwrite true to train from scratch and replace it (or choose "
-            "another --ckpt_dir)."
+            f"{final} exists: this training run would replace those weights. Pass {resume_hint}, or {deletes} (or "
+            "choose another --ckpt_dir)."
         )
-    return resume
+    if checkpoint.is_file():
+        raise FileExistsError(
+            f"{checkpoint} exists: an earlier run stopped before it finished and this fresh training run would "
+            f"replace its state. Pass --resume true to continue that run, or {deletes} (or choose another "
+            "--ckpt_dir)."
+        )
+    raise FileExistsError(
+        f"{Path(ckpt_dir) / found[0]} exists: ckpt_dir holds an earlier run's files ({names}) that this training "
+        f"run would replace. Pass {deletes} (or choose another --ckpt_dir)."
+    )
 
 
 def clean_stale_temp_files(dirname: str | os.PathLike) -> list[str]:
-    """Delete the temp files a checkpoint write killed part-way left in ``dirname`` (only this module's pattern).
+    """Delete the temp files that checkpoint writes killed part-way left in ``dirname`` (only this module's pattern).
 
-    Call it before a run's first save, on the process that writes (rank 0).
+    A temp file whose name carries the id of a live process (:func:`semiseg.files.temp_owner`) is being written and
+    is left alone, whichever run owns it; one without an id (written before ids were recorded) is deleted. Call it
+    on the process that writes (rank 0), holding the folder's lock (:class:`~semiseg.handlers.CheckpointDirGuard`).
 
     Args:
         dirname: the checkpoint folder.
@@ -100,6 +143,9 @@ def clean_stale_temp_files(dirname: str | os.PathLike) -> list[str]:
     """
     removed = []
     for path in sorted(glob.glob(os.path.join(glob.escape(str(dirname)), f"{TEMP_PREFIX}*{TEMP_SUFFIX}"))):
+        owner = temp_owner(os.path.basename(path), TEMP_SUFFIX)
+        if owner is not None and process_alive(owner):
+            continue
         try:
             os.remove(path)
             removed.append(path)
@@ -187,17 +233,18 @@ class _AtomicDiskSaver(DiskSaver):
         self.writes += 1
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
-        """Ignite's atomic write, with a temp name :func:`clean_stale_temp_files` recognises."""
-        tmp = tempfile.NamedTemporaryFile(delete=False, dir=self.dirname, prefix=f"{TEMP_PREFIX}{path.name}.",
-                                          suffix=TEMP_SUFFIX)
+        """Ignite's atomic write (serialised in memory, then :func:`semiseg.files.write_atomic`), with a temp name
+        :func:`clean_stale_temp_files` recognises; a failed write names the file and the ``errno``."""
+        buffer = io.BytesIO()
+        func(checkpoint, buffer, **self.kwargs)
         try:
-            func(checkpoint, tmp.file, **self.kwargs)
-        except BaseException:
-            tmp.close()
-            os.remove(tmp.name)
-            raise
-        tmp.close()
-        os.replace(tmp.name, path)
+            write_atomic(path, buffer.getbuffer(), f"{TEMP_PREFIX}{path.name}.", TEMP_SUFFIX)
+        except WriteError as err:
+            raise WriteError(
+                err.errno,
+                f"{err} Free space on that disk (or make {self.dirname} writable) and continue with --resume true "
+                "from the last checkpoint written.",
+            ) from err.__cause__
         os.chmod(path, os.stat(path).st_mode | 0o044)  # group/others may read, as Ignite does
 
     def remove(self, filename: str) -> None:

@@ -31,6 +31,7 @@ from monai.transforms import MapTransform
 
 from ..losses.entropy import entropy_map
 from ..metrics.layer_agreement import area_under_agreement, layer_agreement
+from .checks import output_name
 
 __all__ = [
     "AULA_KEY", "MAP_KEYS", "SEGMENTATION_MODES", "LayerEnsembleUncertaintyd", "SaveLayerAgreementd", "uncertainty_maps"
@@ -141,8 +142,9 @@ class LayerEnsembleUncertaintyd(MapTransform):
 class SaveLayerAgreementd(MapTransform):
     """Write ``<output_dir>/<case>_aula.json`` per case: AULA, the agreement curve and the maps' means.
 
-    ``<case>`` is the image file name without its suffixes (``test_000`` for ``test_000.nii.gz``), as MONAI's
-    ``SaveImaged`` names ``<case>_seg.nii.gz``. The file::
+    ``<case>`` is the case's output name (:func:`semiseg.inference.checks.output_name`: ``test_000`` for
+    ``test_000.nii.gz``, ``siteA/p1`` where two inputs are named ``p1``), as ``SaveImaged`` names
+    ``<case>_seg.nii.gz``. The file::
 
         {"image": path, "aula": 0.93, "layer_agreement": [...], "heads": K,
          "mean_entropy": ..., "mean_variance": ..., "mean_mutual_information": ...}
@@ -170,7 +172,7 @@ class SaveLayerAgreementd(MapTransform):
         source = d.get(self.meta_key)
         meta = source.meta if isinstance(source, MetaTensor) else d.get(f"{self.meta_key}_meta_dict", {})
         path = str(meta.get("filename_or_obj", "case"))
-        case = os.path.basename(path).split(".")[0] or "case"
+        case = output_name(path)
         for key in self.key_iterator(d):
             curve = d.get(AGREEMENT_KEY)
             record: dict[str, Any] = {
@@ -182,7 +184,8 @@ class SaveLayerAgreementd(MapTransform):
             for name in MAP_KEYS:
                 if name in d:
                     record[f"mean_{name}"] = float(torch.as_tensor(d[name]).float().mean())
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, f"{case}_{key}.json"), "w") as f:
+            target = os.path.join(self.output_dir, f"{case}_{key}.json")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w") as f:
                 json.dump(record, f, indent=2)
         return d

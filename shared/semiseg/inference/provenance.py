@@ -1,12 +1,19 @@
 """``provenance.json`` next to evaluation and inference outputs: which bundle, checkpoint and command made them.
 
 :class:`ProvenanceWriter` is an Ignite handler that ``evaluate.json`` and ``inference.json`` attach after their
-checkpoint loader. It hashes the checkpoint (sha256) when it is built, before the run, and writes
-``<output_dir>/provenance.json`` (atomically: a temporary file, then ``os.replace``) when the run starts, with
-``"status": "started"``, and again when it completes, with ``"status": "completed"`` and the finish time. A file
-still saying ``"started"`` marks outputs of a run that did not finish. The record::
+checkpoint loaders. When it is built, before the run, it hashes the checkpoint (sha256) and checks that
+``output_dir`` can be written (:func:`semiseg.files.check_writable`, without creating it). Nothing in ``output_dir``
+changes until every check has passed: the inputs (checked when the data list is built), the settings, the output
+folder and the weights (loaded at ``STARTED``). Then it writes ``<output_dir>/provenance.json`` (atomically: a
+temporary file, then ``os.replace``) with ``"status": "started"`` when the first epoch starts, again after every case
+with the cases written so far, and at the end with ``"status": "completed"``, or ``"status": "failed"`` and the
+error's one-line message when the run stops on an error. A file still saying ``"started"`` marks outputs of a run
+that was killed. Outputs an earlier run wrote into the same folder stay; ``inputs`` says which cases this run
+wrote. The record::
 
     {"workflow": "inference", "status": "completed", "started": "...Z", "finished": "...Z", "cases": 8,
+     "inputs": ["/abs/imagesTs/test_000.nii.gz", ...],     # the cases written, in order
+     "error": null,                                        # "failed": the error's first line
      "bundle": {"name": ..., "version": ...},              # from the bundle's metadata.json
      "checkpoint": {"path": "/abs/models/model.pt", "sha256": "...", "bytes": 1234},
      "command": {"argv": [...], "overrides": {"dataset_dir": "..."}},   # overrides: only for `monai.bundle run`
@@ -27,7 +34,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +43,8 @@ import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from ..bundle_checks import check_overrides, cli_run_args
+from ..errors import format_user_error, user_error
+from ..files import check_writable, write_atomic
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
@@ -80,11 +88,40 @@ def _semiseg_version() -> str | None:
         return None
 
 
-class ProvenanceWriter:
-    """Write ``<output_dir>/provenance.json`` when an evaluation or inference run starts and when it completes.
+def _error_line(error: BaseException) -> str:
+    """The first line of what the command line reports for ``error`` (:mod:`semiseg.errors`)."""
+    found = user_error(error) if isinstance(error, Exception) else None
+    if found is not None:
+        return format_user_error(found).splitlines()[0]
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
-    Attach it after the checkpoint loader (later in the handler list), so a checkpoint that fails to load leaves
-    an existing ``provenance.json`` untouched.
+
+def _case_files(engine: Engine) -> list[str]:
+    """The input files of the batch the engine just processed (``filename_or_obj`` of each item's image)."""
+    batch = engine.state.batch
+    items = batch if isinstance(batch, list) else [batch]
+    files: list[str] = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        image = item.get("image")
+        meta = getattr(image, "meta", None) or item.get("image_meta_dict") or {}
+        name = meta.get("filename_or_obj")
+        if isinstance(name, (list, tuple)):  # a collated batch
+            files.extend(str(n) for n in name)
+        elif name is not None:
+            files.append(str(name))
+    return files
+
+
+class ProvenanceWriter:
+    """Write ``<output_dir>/provenance.json`` as an evaluation or inference run starts, after every case, and at its
+    end (completed or failed).
+
+    Attach it after the checkpoint loaders (later in the handler list): the record is first written when the first
+    epoch starts, after every ``STARTED`` handler, so a checkpoint that fails to load leaves an existing
+    ``provenance.json`` untouched.
 
     Args:
         output_dir: where the run writes its outputs (``@output_dir``).
@@ -97,6 +134,7 @@ class ProvenanceWriter:
 
     Raises:
         FileNotFoundError: if ``checkpoint`` is not a file (before the run, so nothing is written).
+        WriteError: if ``output_dir`` cannot be written (read-only, full disk), naming it and the ``errno``.
         SettingError: when run as ``python -m monai.bundle run``, for an override naming no id of the config files
             (:func:`~semiseg.bundle_checks.check_overrides`; ``evaluate.json`` has no ``initialize`` check of its own).
     """
@@ -122,7 +160,9 @@ class ProvenanceWriter:
         if cli is not None and cli.config_file is not None and cli.overrides:
             # a record of overrides that did nothing would mislead (evaluate.json has no initialize check of its own)
             check_overrides(cli.config_file, cli.overrides, cli.tracking, from_command_line=True)
+        check_writable(output_dir, "output_dir", create=False)
         self.path = os.path.join(os.fspath(output_dir), filename)
+        self._started = False
         meta = dict(metadata or {})
         self.record: dict[str, Any] = {
             "workflow": workflow,
@@ -130,6 +170,8 @@ class ProvenanceWriter:
             "started": None,
             "finished": None,
             "cases": None,
+            "inputs": [],
+            "error": None,
             "bundle": {"name": meta.get("name"), "version": meta.get("version")},
             "checkpoint": {"path": path, "sha256": file_sha256(path), "bytes": os.path.getsize(path)},
             "command": {"argv": list(sys.argv), "overrides": None if cli is None else dict(cli.overrides)},
@@ -143,17 +185,39 @@ class ProvenanceWriter:
         }
 
     def attach(self, engine: Engine) -> None:
-        """Write the record at ``STARTED`` and ``COMPLETED`` of ``engine``.
+        """Write the record when the first epoch starts, after every case, at ``COMPLETED`` and on an error.
+
+        The error handler runs first among ``EXCEPTION_RAISED`` handlers (Ignite stops at the first that re-raises)
+        and re-raises the error.
 
         Args:
             engine: the evaluator.
         """
-        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.EPOCH_STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.case_written)
         engine.add_event_handler(Events.COMPLETED, self.completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
+        handlers = engine._event_handlers[Events.EXCEPTION_RAISED]
+        handlers.insert(0, handlers.pop())
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """A new run: nothing written yet."""
+        self._started = False
+        self.record.update(status="started", started=None, finished=None, cases=None, inputs=[], error=None)
 
     def started(self, engine: Engine) -> None:
-        """Record the start time and write ``"status": "started"``."""
-        self.record.update(status="started", started=_now(), finished=None, cases=None)
+        """Record the start time and write ``"status": "started"`` (once per run)."""
+        if self._started:
+            return
+        self._started = True
+        self.record.update(status="started", started=_now(), finished=None, cases=0, inputs=[], error=None)
+        self.write()
+
+    def case_written(self, engine: Engine) -> None:
+        """Add the case just written and write the record."""
+        self.record["inputs"].extend(_case_files(engine))
+        self.record["cases"] = int(engine.state.iteration)
         self.write()
 
     def completed(self, engine: Engine) -> None:
@@ -161,17 +225,20 @@ class ProvenanceWriter:
         self.record.update(status="completed", finished=_now(), cases=int(engine.state.iteration))
         self.write()
 
+    def failed(self, engine: Engine, error: BaseException) -> None:
+        """Write ``"status": "failed"`` with the error's first line (only once the record was started: a run that
+        failed its checks leaves ``output_dir`` as it was), then re-raise ``error``."""
+        if self._started and self.record["status"] != "failed":
+            self.record.update(status="failed", finished=_now(), error=_error_line(error))
+            try:
+                self.write()
+            except OSError:  # never hide the error that stopped the run
+                pass
+        raise error
+
     def write(self) -> None:
         """Write the record atomically (temporary file in the output folder, then ``os.replace``)."""
         folder = os.path.dirname(self.path) or "."
         os.makedirs(folder, exist_ok=True)
         text = json.dumps(self.record, indent=2, default=str) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".provenance-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_atomic(self.path, text.encode("utf-8"), ".provenance-", ".json")
