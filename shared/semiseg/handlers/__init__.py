@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .best_weights import BEST_FILENAME, BestWeightsSaver, check_best_weights
 from .budget import BudgetLrScheduleHandler, run_budget
 from .case_metrics import CaseMetricsWriter
 from .checkpoint import AtomicCheckpointSaver, clean_stale_temp_files, prepare_checkpoint_dir, setting_flag
@@ -14,7 +15,7 @@ from .threshold_trajectory import ThresholdTrajectory, plot_threshold_trajectory
 from .tracking import track_loss_terms
 
 __all__ = [
-    "AtomicCheckpointSaver", "BudgetLrScheduleHandler", "RandomStates", "clean_stale_temp_files",
+    "AtomicCheckpointSaver", "BEST_FILENAME", "BestWeightsSaver", "BudgetLrScheduleHandler", "check_best_weights", "RandomStates", "clean_stale_temp_files",
     "prepare_checkpoint_dir", "run_budget", "setting_flag",
     "HausdorffDistanceMM", "MissedStructures", "SurfaceDistanceMM",
     "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS",
