@@ -40,7 +40,9 @@ def test_hand_computed_single_voxel_pair() -> None:
     assert ssl4mis_dice_ce()(logits, labels).item() == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize(("flag", "include_background"), [("false", False), ("False", False), ("true", True), (0, False)])
+@pytest.mark.parametrize(
+    ("flag", "include_background"), [("false", False), ("False", False), ("true", True), (0, False)]
+)
 def test_the_command_lines_strings_are_read_as_booleans(flag: str | int, include_background: bool) -> None:
     """``--dice_include_background false`` reaches the loss as the string "false", which must not read as true."""
     gen = torch.Generator().manual_seed(1)

@@ -15,8 +15,8 @@ from .threshold_trajectory import ThresholdTrajectory, plot_threshold_trajectory
 from .tracking import track_loss_terms
 
 __all__ = [
-    "AtomicCheckpointSaver", "BEST_FILENAME", "BestWeightsSaver", "BudgetLrScheduleHandler", "check_best_weights", "RandomStates", "clean_stale_temp_files",
-    "prepare_checkpoint_dir", "run_budget", "setting_flag",
+    "AtomicCheckpointSaver", "BEST_FILENAME", "BestWeightsSaver", "BudgetLrScheduleHandler", "check_best_weights",
+    "RandomStates", "clean_stale_temp_files", "prepare_checkpoint_dir", "run_budget", "setting_flag",
     "HausdorffDistanceMM", "MissedStructures", "SurfaceDistanceMM",
     "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS",
     "TerminalProgressBar", "track_loss_terms", "ThresholdTrajectory", "plot_threshold_trajectory"]
