@@ -138,7 +138,7 @@ def test_la_transforms_and_sliding_window_are_uamts() -> None:
         assert "RandRotate90d" in names
     turns = next(t for t in train.get_parsed_content("train#preprocessing").transforms
                  if type(t).__name__ == "RandRotate90d")
-    assert tuple(turns.rotator.spatial_axes) == (0, 1)  # np.rot90(image, k): the plane of the first two axes
+    assert tuple(turns.spatial_axes) == (0, 1) and turns.max_k == 3  # np.rot90(image, k), k in 0..3: axes 0, 1
     assert not set(_names(train.get_parsed_content("validate#preprocessing"))) & set(NORMALISERS)
     inferer = train.get_parsed_content("validate#inferer")
     assert inferer.mode == "constant" and list(inferer.overlap) == [0.839, 0.839, 0.95]
