@@ -76,6 +76,7 @@ def test_every_bundle_has_the_option_and_evaluate_never_attaches_it(bundle: str)
     assert train["save_best"] is False
     assert "@validate#best_saver" in train["validate#handlers"]
     assert train["validate#best_saver#enabled"] == "@save_best"
+    assert train["validate#best_saver#filename"] == "model_best.pt"
     assert train["checkpoint#objects#best_weights"] == "@validate#best_saver"
     evaluate = ConfigParser()
     evaluate.read_config([config(bundle, "train.json"), config(bundle, "evaluate.json")])
