@@ -27,12 +27,12 @@ BEST_FILENAME = "model_best.pt"
 
 
 def check_best_weights(save_best: Any, num_validation: int, filename: str = BEST_FILENAME) -> bool:
-    """Refuse ``--save_best true`` without validation cases, before any data is cached (``train.json``'s
-    ``initialize``).
+    """Refuse ``--save_best true`` without validation cases, before any data is read (``train.json``'s
+    ``initialize``, with ``@num_val``).
 
     Args:
         save_best: bundle setting ``save_best``.
-        num_validation: the number of validation cases (``len(@validate#dataset#data)``).
+        num_validation: the number of validation cases (``@num_val``; the saver itself checks the validator's list).
         filename: the best-weights file, for the message.
 
     Returns:
