@@ -209,7 +209,8 @@ def test_cli_ships_weights_or_refuses_without_an_explicit_flag(tmp_path: Path, c
 
     package_bundles.main([*argv, "--allow-no-weights"])
     assert "WITHOUT weights (--allow-no-weights)" in capsys.readouterr().out
-    zip_path = tmp_path / "dist" / "mean_teacher_v0.1.0.zip"
+    version = json.loads((REPO / "bundles" / "mean_teacher" / "configs" / "metadata.json").read_text())["version"]
+    zip_path = tmp_path / "dist" / f"mean_teacher_v{version}.zip"
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
     assert "mean_teacher/models/model.pt" not in names

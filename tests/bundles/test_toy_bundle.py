@@ -25,7 +25,7 @@ from tests.helpers import states_equal
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT_KEYS = {"model", "optimizer", "lr_scheduler", "trainer", "run_record", "critic", "critic_optimizer",
-                   "critic_rampup", "method"}
+                   "critic_rampup", "method", "best_weights"}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from monai.bundle import ConfigParser, run
 from tests.bundles.conftest import REPO, bundle_overrides, config, restore_fresh
 from tests.helpers import states_equal
 
-BASE_KEYS = {"model", "optimizer", "lr_scheduler", "trainer", "run_record", "rampup"}
+BASE_KEYS = {"model", "optimizer", "lr_scheduler", "trainer", "run_record", "rampup", "best_weights"}
 EXTRA_KEYS = {
     "adversarial": {"discriminator", "discriminator_optimizer"},
     "cps": {"model_2", "optimizer_2", "lr_scheduler_2"},

@@ -18,6 +18,8 @@ def _run(loaders, max_epochs: int, epoch_length: int, total_iters: int, state: d
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     if scheduler == "poly":
         sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_iters, power=0.9)
+    elif scheduler == "step":  # total_iters: the step size
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=total_iters, gamma=0.1)
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_iters)
     trainer = SemiSupervisedTrainer("cpu", max_epochs, loaders[0], net, opt, SupervisedMethod(),
@@ -55,5 +57,13 @@ def test_cosine_annealing_is_fitted_too_and_other_schedulers_are_refused(loaders
     lrs, state = _run(loaders, max_epochs=2, epoch_length=2, total_iters=100, scheduler="cosine")
     assert state["lr_scheduler"]["T_max"] == 4 and lrs[2] == pytest.approx(0.05)
     opt = torch.optim.SGD(tiny_unet().parameters(), lr=0.1)
-    with pytest.raises(TypeError, match="fits PolynomialLR, CosineAnnealingLR to the run's budget, got StepLR"):
-        BudgetLrScheduleHandler(torch.optim.lr_scheduler.StepLR(opt, step_size=1))
+    with pytest.raises(TypeError, match="fits PolynomialLR, CosineAnnealingLR to the run's budget.*got ExponentialLR"):
+        BudgetLrScheduleHandler(torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5))
+
+
+def test_a_step_schedule_keeps_its_fixed_steps_whatever_the_budget(loaders) -> None:
+    """UA-MT's LA code (train_LA_meanteacher_certainty_unlabel.py): ``lr = base * 0.1 ** (iter_num // 2500)`` set
+    after iteration ``iter_num``, i.e. iterations 1..2500 at the base rate; here steps of 3 iterations."""
+    lrs, state = _run(loaders, max_epochs=4, epoch_length=2, total_iters=3, scheduler="step")
+    assert lrs == pytest.approx([0.1 * 0.1 ** (i // 3) for i in range(8)])
+    assert state["lr_scheduler"]["step_size"] == 3

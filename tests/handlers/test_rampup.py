@@ -139,7 +139,8 @@ def test_handlers_are_registered_as_state_providers() -> None:
 
 
 def test_run_steps_stretch_the_ramp_over_the_engines_budget() -> None:
-    # SSL4MIS: 0.1 * sigmoid_rampup(iter // (6000 // 40), 40); here 4 steps over a 12-iteration run: every = 3
+    # UA-MT: 0.1 * sigmoid_rampup(iter // (6000 // 40), 40) (SSL4MIS: 30000 // 200 over 200 steps); here 4 steps
+    # over a 12-iteration run: every = 3
     seen = _run(ConsistencyRampUp(weight=1.0, length=4, every=1000, run_steps=4), 12, epoch_length=4)
     assert seen == pytest.approx([sigmoid_rampup(i // 3, 4) for i in range(12)])
     assert ConsistencyRampUp.simulate_values(8, weight=1.0, length=4, run_steps=4)[5][1] == pytest.approx(

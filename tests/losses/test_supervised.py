@@ -38,3 +38,16 @@ def test_hand_computed_single_voxel_pair() -> None:
     dice = 1 - (1 + 1e-5) / (1.5 + 1e-5)
     expected = 0.5 * (dice + 0.6931471805599453)
     assert ssl4mis_dice_ce()(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("flag", "include_background"), [("false", False), ("False", False), ("true", True), (0, False)]
+)
+def test_the_command_lines_strings_are_read_as_booleans(flag: str | int, include_background: bool) -> None:
+    """``--dice_include_background false`` reaches the loss as the string "false", which must not read as true."""
+    gen = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(2, 3, 4, 4, 4, generator=gen), torch.randint(0, 3, (2, 1, 4, 4, 4), generator=gen)
+    expected = ssl4mis_dice_ce(include_background=include_background)(logits, labels)
+    assert ssl4mis_dice_ce(include_background=flag)(logits, labels).item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="dice_include_background"):
+        ssl4mis_dice_ce(include_background="maybe")

@@ -55,9 +55,10 @@ def test_entropy_loss_on_two_voxels() -> None:
 
 
 def test_loss_is_supervised_plus_weighted_entropy_of_the_unlabelled_predictions() -> None:
+    """``include_labelled=False``: the regulariser of Grandvalet & Bengio, on the unlabelled predictions only."""
     network = _Scale()
     labelled, unlabelled = _data()
-    loss, out = EntropyMinimisationMethod()(_engine(network, weight=0.25), labelled, unlabelled)
+    loss, out = EntropyMinimisationMethod(include_labelled=False)(_engine(network, weight=0.25), labelled, unlabelled)
     assert out[SSLKeys.UNSUPERVISED_LOSS.value].item() == pytest.approx(TWO_VOXEL_ENTROPY, abs=1e-6)
     supervised = EntropyMinimisationMethod().supervised_loss(network(labelled[0]), labelled[1])
     assert out[SSLKeys.SUPERVISED_LOSS.value].item() == pytest.approx(supervised.item(), rel=1e-6)
@@ -66,10 +67,13 @@ def test_loss_is_supervised_plus_weighted_entropy_of_the_unlabelled_predictions(
     assert out["pred"].shape == (1, 2, 1, 1, 2)
 
 
-def test_include_labelled_takes_the_whole_batch_as_the_reference() -> None:
-    """SSL4MIS applies entropy_loss to the whole batch: 2 labelled + 2 unlabelled voxels here."""
+@pytest.mark.parametrize("include_labelled", [None, True, "true", "True"])
+def test_default_takes_the_whole_batch_as_the_reference(include_labelled: bool | str | None) -> None:
+    """SSL4MIS applies entropy_loss to the whole batch (train_entropy_minimization_3D.py: entropy_loss(outputs_soft)),
+    the default: 2 labelled + 2 unlabelled voxels here."""
     labelled, unlabelled = _data()
-    _, out = EntropyMinimisationMethod(include_labelled=True)(_engine(_Scale()), labelled, unlabelled)
+    kwargs = {} if include_labelled is None else {"include_labelled": include_labelled}
+    _, out = EntropyMinimisationMethod(**kwargs)(_engine(_Scale()), labelled, unlabelled)
     # labelled voxels: logits (+-2, -+2): p = 1 / (1 + e^-4) = (0.982013790, 0.017986210) (both voxels alike)
     # -(0.982013790 ln 0.982014790 + 0.017986210 ln 0.017987210) / ln 2
     #   = (0.982013790 * 0.018148910 + 0.017986210 * 4.018094331) / 0.693147181 = 0.090092768 / 0.693147181
@@ -77,6 +81,19 @@ def test_include_labelled_takes_the_whole_batch_as_the_reference() -> None:
     # mean over the 4 voxels = (2 * 0.905636177 + 2 * 0.129976389) / 4 = 0.517806283
     expected = 0.517806283
     assert out[SSLKeys.UNSUPERVISED_LOSS.value].item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("include_labelled", [False, "false", "0"])
+def test_include_labelled_false_from_the_command_line_is_false(include_labelled: bool | str) -> None:
+    """``--method#include_labelled false`` reaches the method as the string "false", which must not read as true."""
+    labelled, unlabelled = _data()
+    _, out = EntropyMinimisationMethod(include_labelled=include_labelled)(_engine(_Scale()), labelled, unlabelled)
+    assert out[SSLKeys.UNSUPERVISED_LOSS.value].item() == pytest.approx(TWO_VOXEL_ENTROPY, abs=1e-6)
+
+
+def test_include_labelled_refuses_a_non_boolean() -> None:
+    with pytest.raises(ValueError, match="include_labelled"):
+        EntropyMinimisationMethod(include_labelled="sometimes")
 
 
 def test_gradient_of_the_entropy_sharpens_the_prediction() -> None:

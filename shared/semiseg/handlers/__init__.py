@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .best_weights import BEST_FILENAME, BestWeightsSaver, check_best_weights
 from .budget import BudgetLrScheduleHandler, run_budget
 from .case_metrics import CaseMetricsWriter
 from .checkpoint import RUN_FILES, AtomicCheckpointSaver, clean_stale_temp_files, prepare_checkpoint_dir
@@ -17,9 +18,9 @@ from .tracking import track_loss_terms
 from .training_record import TrainingRecordWriter
 
 __all__ = [
-    "AtomicCheckpointSaver", "BudgetLrScheduleHandler", "RandomStates", "clean_stale_temp_files",
-    "prepare_checkpoint_dir", "run_budget", "RunRecord", "MAY_CHANGE", "check_resume",
-    "RUN_FILES", "CheckpointDirGuard", "CheckpointDirInUse", "TrainingRecordWriter",
+    "AtomicCheckpointSaver", "BEST_FILENAME", "BestWeightsSaver", "BudgetLrScheduleHandler", "check_best_weights",
+    "RandomStates", "clean_stale_temp_files", "prepare_checkpoint_dir", "run_budget", "RunRecord", "MAY_CHANGE",
+    "check_resume", "RUN_FILES", "CheckpointDirGuard", "CheckpointDirInUse", "TrainingRecordWriter",
     "HausdorffDistanceMM", "MissedStructures", "SurfaceDistanceMM",
     "CaseMetricsWriter", "EMATeacher", "BUFFER_POLICIES", "ConsistencyRampUp", "RampScheduler", "RAMPS",
     "TerminalProgressBar", "track_loss_terms", "ThresholdTrajectory", "plot_threshold_trajectory"]

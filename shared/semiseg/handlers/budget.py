@@ -6,12 +6,14 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 from monai.handlers import LrScheduleHandler
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, PolynomialLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR, PolynomialLR, StepLR
 
 __all__ = ["BudgetLrScheduleHandler", "run_budget"]
 
 # scheduler type -> the attribute that holds the length of the schedule
 _SPANS: dict[type, str] = {PolynomialLR: "total_iters", CosineAnnealingLR: "T_max"}
+# schedules counted in fixed steps, not in fractions of the run: stepped as they are
+_FIXED: tuple[type, ...] = (StepLR, MultiStepLR)
 
 
 def run_budget(engine: Engine, unit: str = "iteration") -> int:
@@ -42,8 +44,13 @@ class BudgetLrScheduleHandler(LrScheduleHandler):
     keep the old curve's value (a resumed run whose old schedule had reached 0 would train at learning rate 0).
     The config's ``total_iters`` is only the default until the run starts.
 
+    A ``StepLR`` or ``MultiStepLR`` counts fixed steps, the unit of a paper's protocol (Yu et al., UA-MT, MICCAI
+    2019, LA code: the learning rate divided by 10 every 2500 iterations, ``configs/la.json``): it is stepped as
+    it is, whatever the budget.
+
     Args:
-        lr_scheduler: a ``PolynomialLR`` or ``CosineAnnealingLR``.
+        lr_scheduler: a ``PolynomialLR`` or ``CosineAnnealingLR`` (fitted to the budget), or a ``StepLR`` or
+            ``MultiStepLR`` (fixed steps).
         epoch_level: step per epoch instead of per iteration (MONAI's argument).
         kwargs: other ``LrScheduleHandler`` arguments (``print_lr``, ``name``, ...).
 
@@ -53,10 +60,11 @@ class BudgetLrScheduleHandler(LrScheduleHandler):
 
     def __init__(self, lr_scheduler: LRScheduler, epoch_level: bool = False, **kwargs: Any) -> None:
         span = next((attr for cls, attr in _SPANS.items() if isinstance(lr_scheduler, cls)), None)
-        if span is None:
+        if span is None and not isinstance(lr_scheduler, _FIXED):
             raise TypeError(
-                f"BudgetLrScheduleHandler fits {', '.join(c.__name__ for c in _SPANS)} to the run's budget, got "
-                f"{type(lr_scheduler).__name__}: use monai.handlers.LrScheduleHandler and set its length yourself."
+                f"BudgetLrScheduleHandler fits {', '.join(c.__name__ for c in _SPANS)} to the run's budget and steps "
+                f"{', '.join(c.__name__ for c in _FIXED)} as they are, got {type(lr_scheduler).__name__}: use "
+                "monai.handlers.LrScheduleHandler and set its length yourself."
             )
         super().__init__(lr_scheduler=lr_scheduler, epoch_level=epoch_level, **kwargs)
         self.span = span
@@ -68,6 +76,8 @@ class BudgetLrScheduleHandler(LrScheduleHandler):
 
     def fit(self, engine: Engine) -> None:
         """Make the schedule span the budget; reset the learning rates to its closed form if its length changed."""
+        if self.span is None:  # fixed steps
+            return
         scheduler = self.lr_scheduler
         budget = run_budget(engine, "epoch" if self.epoch_level else "iteration")
         old = getattr(scheduler, self.span)

@@ -37,8 +37,8 @@ class RampScheduler(StateParamScheduler):
     (:func:`semiseg.handlers.budget.run_budget`, ``max_epochs x epoch_length`` iterations or ``max_epochs``
     epochs, read at every event, so ``--max_iterations``, MONAI Label's ``train#trainer#max_epochs`` and a resume
     with a larger budget all stretch it): ``run_steps`` sets ``every = max(1, budget // run_steps)`` (SSL4MIS's
-    ``iter // 150`` with 40 steps over 6000 iterations), ``length_fraction`` sets ``length = fraction x budget``
-    (UA-MT's ``sigmoid_rampup(iter, max_iter)``: 1.0), ``offset_fraction`` sets
+    ``iter // 150`` with 200 steps over 30000 iterations, UA-MT's with 40 over 6000), ``length_fraction`` sets
+    ``length = fraction x budget`` (UA-MT's ``sigmoid_rampup(iter, max_iter)``: 1.0), ``offset_fraction`` sets
     ``offset = floor(fraction x budget)`` (BPL's warm-up from 0.4 T). The resolved ``every`` / ``length`` /
     ``offset`` are what :meth:`state_dict` holds.
 
@@ -173,8 +173,9 @@ class RampScheduler(StateParamScheduler):
 class ConsistencyRampUp(RampScheduler):
     """``engine.state.consistency_weight = weight * sigmoid_rampup(t, length)``.
 
-    Defaults are the SSL4MIS / UA-MT 3D setup: ``0.1 * sigmoid_rampup(iter // 150, 40)`` (docs/architecture.md §3;
-    Laine & Aila 2017 ramp). UGPCL uses ``every=100``. Methods read ``engine.state.consistency_weight``.
+    Defaults are UA-MT's LA setup: ``0.1 * sigmoid_rampup(iter // 150, 40)``, 40 steps of 150 over its 6000
+    iterations (SSL4MIS's 3D scripts: ``length=200`` over 30000; docs/architecture.md §3; Laine & Aila 2017 ramp).
+    UGPCL uses ``every=100``. Methods read ``engine.state.consistency_weight``.
 
     Args:
         weight: the maximum weight (``consistency`` in the reference code).

@@ -10,12 +10,13 @@ from ignite.engine import Engine
 from semiseg.keys import SSLKeys
 from semiseg.losses import entropy_loss
 from semiseg.methods.base import LabelledBatch, SSLMethod
+from semiseg.settings import flag
 
 __all__ = ["EntropyMinimisationMethod"]
 
 
 class EntropyMinimisationMethod(SSLMethod):
-    """``L = L_sup(s(x_l), y_l) + w(t) * mean_voxels(-sum_c p log(p + 1e-6) / log C)``, ``p = softmax(s(x_u))``.
+    """``L = L_sup(s(x_l), y_l) + w(t) * mean_voxels(-sum_c p log(p + 1e-6) / log C)``, ``p = softmax(s([x_l, x_u]))``.
 
     Grandvalet & Bengio, "Semi-supervised Learning by Entropy Minimization", NeurIPS 2004, Eq. 2 (the entropy of the
     predictions on unlabelled data as a regulariser); Vu et al., "ADVENT: Adversarial Entropy Minimization for Domain
@@ -28,16 +29,20 @@ class EntropyMinimisationMethod(SSLMethod):
 
     Args:
         supervised_loss: see :class:`SSLMethod`.
-        include_labelled: also minimise the entropy on the labelled images, as the SSL4MIS script does (it takes
-            the entropy of the whole batch); ``False`` (default) takes it on the unlabelled images only, the method
-            of Grandvalet & Bengio.
+        include_labelled: ``True`` (default): the entropy of the whole batch, labelled and unlabelled predictions, as
+            the reference computes it (SSL4MIS ``train_entropy_minimization_3D.py``: ``losses.entropy_loss`` of the
+            softmax of the whole batch); ``False``: the unlabelled predictions only, the regulariser of Grandvalet &
+            Bengio (2004, Eq. 2). ``"true"`` / ``"false"`` strings (the command line's) are read as booleans.
+
+    Raises:
+        ValueError: if ``include_labelled`` is not a boolean.
     """
 
     required_state = (SSLKeys.CONSISTENCY_WEIGHT,)
 
-    def __init__(self, supervised_loss: torch.nn.Module | None = None, include_labelled: bool = False) -> None:
+    def __init__(self, supervised_loss: torch.nn.Module | None = None, include_labelled: bool = True) -> None:
         super().__init__(supervised_loss)
-        self.include_labelled = bool(include_labelled)
+        self.include_labelled = flag(include_labelled, "method#include_labelled")
 
     def compute(
         self, engine: Engine, labelled: LabelledBatch, unlabelled: torch.Tensor | None

@@ -70,7 +70,9 @@ class ICTMethod(MeanTeacherMethod):
 
     Args:
         supervised_loss: see :class:`~semiseg.methods.SSLMethod`.
-        alpha: the Beta distribution's parameter (0.2 in the paper and the reference).
+        alpha: the Beta distribution's parameter: 0.2, SSL4MIS's ``ict_alpha``
+            (``train_interpolation_consistency_training_3D.py``); the authors' code (vikasverma1077/ICT) runs
+            ``--mixup_usup_alpha`` 1.0 on CIFAR-10 and 0.1 on SVHN (its README's commands; ``main.py`` defaults to 0).
         student_view: optional strong view (:class:`semiseg.data.views.StrongView`, FixMatch-style): applied to
             each unlabelled crop before the student's mix is built (so the student sees the mix of two strong views),
             while the teacher keeps the weak crops. ``None`` (default) is the paper's method.

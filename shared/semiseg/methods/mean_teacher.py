@@ -56,7 +56,8 @@ class MeanTeacherMethod(SSLMethod):
     labelled and unlabelled images in one forward pass (shared BatchNorm statistics, as in the reference), the teacher
     ``T`` (``engine.state.teacher``, an :class:`~semiseg.handlers.EMATeacher`) sees the unlabelled images plus
     :func:`teacher_noise` without gradient, and ``w(t)`` is ``engine.state.consistency_weight``
-    (:class:`~semiseg.handlers.ConsistencyRampUp`, ``0.1 * sigmoid_rampup(iter // 150, 40)``).
+    (:class:`~semiseg.handlers.ConsistencyRampUp`, ``0.1 * sigmoid_rampup(iter // 150, 40)``: UA-MT's LA code, 40
+    steps of 150 over its 6000 iterations; SSL4MIS's 3D scripts take 200 steps of 150 over 30000, the same curve).
 
     Subclasses change one step: :meth:`sample_noise`, :meth:`teacher_forward` or :meth:`consistency`
     (UA-MT overrides the last two).
