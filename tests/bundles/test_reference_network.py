@@ -85,7 +85,9 @@ def test_verify_passes_on_the_reference_network(bundle: str, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("bundle", "saved"), [("urpc", "model.pt"), ("mean_teacher", "teacher.pt")])
-def test_trains_and_evaluates_on_the_reference_network(bundle: str, saved: str, tiny_demo: Path, tmp_path: Path) -> None:
+def test_trains_and_evaluates_on_the_reference_network(
+    bundle: str, saved: str, tiny_demo: Path, tmp_path: Path
+) -> None:
     configs = [config(bundle, "train.json"), config(bundle, OVERLAY)]
     overrides = bundle_overrides(tiny_demo, tmp_path)
     run("training", config_file=configs, max_iterations=2, iterations_per_epoch=2, val_interval=10, **overrides)

@@ -70,7 +70,8 @@ def test_kaiming_normal_convolution_weights() -> None:
     """``init_weights(m, 'kaiming')``: N(0, 2 / fan_in) for every convolution weight."""
     torch.manual_seed(0)
     net = UNet3D(1, 2)  # reference filters: large tensors, so the sample std is within 1% of the target
-    for name, conv in (("center.conv2.0", net.center.conv2[0]), ("up_concat4.conv.conv1.0", net.up_concat4.conv.conv1[0])):
+    convs = {"center.conv2.0": net.center.conv2[0], "up_concat4.conv.conv1.0": net.up_concat4.conv.conv1[0]}
+    for name, conv in convs.items():
         fan_in = conv.weight[0].numel()
         assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.02), name
         assert conv.weight.mean().item() == pytest.approx(0.0, abs=0.05 * math.sqrt(2 / fan_in)), name

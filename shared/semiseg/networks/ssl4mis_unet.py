@@ -76,7 +76,8 @@ class _UpsampledHead(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, scale: int) -> None:
         super().__init__()
         self.dsv = nn.Sequential(
-            nn.Conv3d(in_channels, out_channels, kernel_size=1), nn.Upsample(scale_factor=float(scale), mode="trilinear")
+            nn.Conv3d(in_channels, out_channels, kernel_size=1),
+            nn.Upsample(scale_factor=float(scale), mode="trilinear"),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
