@@ -20,12 +20,13 @@ demo`` writes), else the bundle's own ``bundles/<name>/models/model.pt`` (a trai
 refuses to package a bundle without either unless ``--allow-no-weights`` is given; such a zip's inference stops in
 one line saying that there are no trained weights (``semiseg.bundle_checks.check_weights``, shipped in the zip).
 
-Which code ships: every ``semiseg.`` reference in ``inference.json`` (``_target_`` values and ``$`` expressions) is
-resolved to the module that defines the object (``obj.__module__``); that module and, transitively, the semiseg
-modules it imports relatively are copied verbatim. A shipped module may import only torch, monai, numpy, the
-standard library and (relatively) other semiseg modules; anything else, an absolute ``semiseg`` import included,
-stops the packaging with an error naming the module and line. The repository's bundles keep referring to
-``semiseg.``; only the zip's copy of ``inference.json`` is rewritten.
+Which code ships: every ``semiseg.`` reference in ``inference.json`` and in the overlays merged with it to change
+its network (``la.json``, ``reference_network.json``; ``_target_`` values and ``$`` expressions) is resolved to the
+module that defines the object (``obj.__module__``); that module and, transitively, the semiseg modules it imports
+relatively are copied verbatim. A shipped module may import only torch, monai, numpy, the standard library and
+(relatively) other semiseg modules; anything else, an absolute ``semiseg`` import included, stops the packaging with
+an error naming the module and line. The repository's bundles keep referring to ``semiseg.``; only the zip's copies
+of those configs are rewritten.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from semiseg.bundle_config import bundle_dirs
 from semiseg.inference.spacing import RECORD_FILE
 
 REPO = Path(__file__).resolve().parent.parent
-INFERENCE_CONFIGS = ("inference.json", "la.json")  # configs an inference run reads (la.json: merged with it)
+# configs an inference run reads: inference.json and the overlays merged with it (its network: la.json,
+# reference_network.json)
+INFERENCE_CONFIGS = ("inference.json", "la.json", "reference_network.json")
 INCLUDE = ("configs", "docs", "LICENSE")
 SCHEMAS = REPO / "schemas"  # the model-zoo metadata schemas, shipped under <name>/schemas/
 PACKAGE = "semiseg"
@@ -360,7 +363,7 @@ def package_bundle(
     schema = schema_dir / schema_name.split("/", 1)[1]
     if not schema.is_file():
         raise FileNotFoundError(f"metadata schema {schema} not found (the zip ships it for offline verify_metadata)")
-    rewritten: dict[Path, Any] = {}  # inference.json and the overlays merged with it (la.json) that need semiseg
+    rewritten: dict[Path, Any] = {}  # inference.json and the overlays merged with it that need semiseg
     modules: dict[str, Path] = {}
     for config_name in INFERENCE_CONFIGS:
         config_path = bundle_dir / "configs" / config_name

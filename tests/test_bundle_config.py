@@ -161,7 +161,8 @@ def test_write_then_check_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
     (bundle / "overlay.json").write_text((REPO / "bundles" / "mean_teacher" / "overlay.json").read_text())
     written = write_bundle(bundle)
     assert {p.relative_to(bundle).as_posix() for p in written} == {
-        *(f"configs/{c}" for c in CONFIGS), "configs/strong_views.json", "configs/logging.conf", "LICENSE"}
+        *(f"configs/{c}" for c in CONFIGS), "configs/strong_views.json", "configs/reference_network.json",
+        "configs/logging.conf", "LICENSE"}
     assert write_bundle(bundle) == [] and check_bundles([bundle]) == []
     (bundle / "configs" / "train.json").write_text("{}\n")
     assert check_bundles([bundle])  # drift is reported

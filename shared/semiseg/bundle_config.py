@@ -9,12 +9,12 @@ files, because MONAI Label and the model-zoo tools run ``train.json`` alone, but
 committed file differs from what the template and overlay give. See ``docs/architecture.md``, "Adding a method".
 
 ``overlay.json`` has one section per generated config (``train``, ``inference``, ``evaluate``,
-``multi_gpu_train``, ``metadata``, ``la``; ``strong_views`` is opt-in: its file is generated only for bundles whose
-overlay has the section), each written like a MONAI config overlay
-(``--config_file "['a.json','b.json']"``): ``"id#path": value`` replaces or adds an item, ``"+id#path": [...]``
-extends a list or updates a dict (MONAI's merge key). Two rules are the generator's own: ``"-id#path": null``
-removes an item (e.g. the unlabelled loader of the supervised baseline), and an override of a nested id must name
-an id the template has, so a typo fails instead of adding a dead entry.
+``multi_gpu_train``, ``metadata``, ``la``; ``strong_views`` and ``reference_network`` are opt-in: their file is
+generated only for bundles whose overlay has the section, an empty one taking the template as it is), each written
+like a MONAI config overlay (``--config_file "['a.json','b.json']"``): ``"id#path": value`` replaces or adds an
+item, ``"+id#path": [...]`` extends a list or updates a dict (MONAI's merge key). Two rules are the generator's
+own: ``"-id#path": null`` removes an item (e.g. the unlabelled loader of the supervised baseline), and an override
+of a nested id must name an id the template has, so a typo fails instead of adding a dead entry.
 
 Derived, never written twice:
 
@@ -73,7 +73,8 @@ TEMPLATE_DIR = REPO_ROOT / "templates" / "bundle"
 BUNDLES_DIR = REPO_ROOT / "bundles"
 OVERLAY_NAME = "overlay.json"
 CONFIGS = ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "metadata.json", "la.json")
-OPTIONAL_CONFIGS = ("strong_views.json",)  # generated only for bundles whose overlay has the section (opt-in)
+# generated only for bundles whose overlay has the section (opt-in overlays, merged after train.json/inference.json)
+OPTIONAL_CONFIGS = ("strong_views.json", "reference_network.json")
 COPIED = ("configs/logging.conf", "LICENSE")
 GENERATED_KEY = "_generated_"
 FROM_TRAIN = "<train.json>"

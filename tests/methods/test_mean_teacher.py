@@ -140,3 +140,54 @@ def test_student_view_reaches_the_student_and_not_the_teacher() -> None:
     method(engine, (images, labels), unlabelled)
     assert torch.equal(seen["student"][1:], 1.0 - unlabelled)
     assert torch.equal(seen["teacher"], unlabelled)
+
+
+class _FixedNoiseMT(MeanTeacherMethod):
+    """The teacher noise fixed to a known tensor, so what the teacher sees can be checked exactly."""
+
+    def __init__(self, noise: torch.Tensor) -> None:
+        super().__init__()
+        self.noise = noise
+
+    def sample_noise(self, unlabelled: torch.Tensor) -> torch.Tensor:
+        return self.noise
+
+
+class _Recorder(nn.Module):
+    """Records its input, returns logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 3, 1)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.conv(x)
+
+
+def test_teacher_sees_the_unlabelled_batch_plus_the_sampled_noise() -> None:
+    """``teacher_forward`` feeds ``x_u + n`` with ``n`` from :meth:`sample_noise` (docs/architecture.md §3)."""
+    (images, labels), unlabelled = _batch()
+    noise = torch.full_like(unlabelled, 0.05)
+    teacher = _Recorder()
+    engine = _Engine(_conv_net(), teacher, weight=0.5)
+    method = _FixedNoiseMT(noise)
+    method.teacher_forward(engine, unlabelled)
+    assert len(teacher.seen) == 1 and torch.equal(teacher.seen[0], unlabelled + noise)
+    teacher.seen.clear()
+    method(engine, (images, labels), unlabelled)  # and through the whole loss
+    assert len(teacher.seen) == 1 and torch.equal(teacher.seen[0], unlabelled + noise)
+
+
+def test_default_teacher_input_is_noisy_within_the_clip() -> None:
+    """With the default noise (0.1 image std, clipped at 0.2 image std) the teacher's input differs from the
+    student's unlabelled batch at almost every voxel, by at most the clip."""
+    (images, labels), unlabelled = _batch()
+    teacher = _Recorder()
+    torch.manual_seed(0)
+    MeanTeacherMethod()(_Engine(_conv_net(), teacher), (images, labels), unlabelled)
+    difference = teacher.seen[0] - unlabelled
+    bound = 0.2 * unlabelled.flatten(1).std(dim=1).view(-1, 1, 1, 1, 1)
+    assert (difference != 0).float().mean().item() > 0.99
+    assert (difference.abs() <= bound + 1e-6).all()

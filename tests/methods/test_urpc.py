@@ -133,3 +133,12 @@ def test_missing_ramp_names_its_handler() -> None:
     engine = SimpleNamespace(state=SimpleNamespace(consistency_weight=None))
     with pytest.raises(RuntimeError, match="ConsistencyRampUp"):
         URPCMethod()._check_state(engine)
+
+
+def test_gradient_flows_through_the_mean_prediction() -> None:
+    """Nothing is detached, as in the reference: the autograd gradient of the loss is its true derivative, the part
+    through the mean prediction ``P`` (in ``D_s`` and ``(P - p_s)^2``) included. Checked against finite differences
+    in float64; a detached ``P`` loses that part and fails."""
+    gen = torch.Generator().manual_seed(3)
+    logits = [torch.randn(2, 3, 3, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    assert torch.autograd.gradcheck(lambda *scales: uncertainty_rectified_pyramid_loss(list(scales)), logits)

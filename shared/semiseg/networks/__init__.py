@@ -11,6 +11,7 @@ from .cps import SoftmaxAverage, init_conv_weights
 from .deep_supervision import DeepSupervisionUNet
 from .discriminator import FC3DDiscriminator
 from .layer_ensembles import LayerEnsembles
+from .ssl4mis_unet import UNet3D, UNet3DPyramid
 from .ssl4mis_vnet import VNet, vnet
 from .ugpcl_net import UGPCLNet
 from .unet_factory import unet
@@ -19,3 +20,4 @@ __all__ = ["DeepSupervisionUNet", "VNet", "unet", "vnet", "FC3DDiscriminator", "
            "FeatureTap", "ThresholdHead"]
 __all__ += ["LayerEnsembles"]
 __all__ += ["UGPCLNet"]
+__all__ += ["UNet3D", "UNet3DPyramid"]
