@@ -85,7 +85,14 @@ def test_defaults_are_the_papers_comparison_config() -> None:
         contrast.fit(budget)
         assert contrast.value_at_index(start - 1) == 0.0 and contrast.value_at_index(start) == 0.1
 
-    # colour jitter (brightness 0.4, contrast 0.4, p 0.8) as the last step of both training chains
+    # no random rotation in the data chain ("Remove random rotation": p_rot 0), whatever the template's default
+    assert parser["rot90"] is False
+    # colour jitter (brightness 0.4, contrast 0.4, p 0.8) as the last step of both training chains, clipped to [0, 1]
+    # as torchvision's for percentile-normalised images only
+    assert parser.get_parsed_content("colour_jitter_clip") == [0.0, 1.0]
+    zscored = _parser()
+    zscored["intensity_norm"] = "zscore"
+    assert zscored.get_parsed_content("colour_jitter_clip") is None
     for key in ("train#dataset#transform", "train#unlabelled#dataset#transform"):
         jitter = parser.get_parsed_content(key).transforms[-1]
         assert isinstance(jitter, OneOf) and [round(w, 6) for w in jitter.weights] == [0.8, 0.2]
