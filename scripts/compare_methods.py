@@ -211,14 +211,28 @@ def settings_mismatch(recorded: dict, variant: str, seed: int, args: argparse.Na
     return differ
 
 
+def qc_spearman(report: Path, classes: tuple[str, ...]) -> dict:
+    """The Spearman correlations of a QC report (``qc_report.csv``): ``qc_spearman`` (the case AULA against the mean
+    Dice) and, where the report has the per-class columns, ``qc_spearman_per_class`` (``aula_<c>`` against
+    ``dice_<c>``, the Layer Ensembles reference's). Empty cells (undefined values) count as NaN."""
+    with open(report, newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def column(name: str) -> list[float]:
+        return [float(r[name]) if r[name] else float("nan") for r in rows]
+
+    out: dict = {"qc_spearman": spearman(column("aula"), column("dice"))}
+    if rows and all(f"aula_{c}" in rows[0] and f"dice_{c}" in rows[0] for c in classes):
+        out["qc_spearman_per_class"] = {c: spearman(column(f"aula_{c}"), column(f"dice_{c}")) for c in classes}
+    return out
+
+
 def _metrics(eval_dir: Path, args: argparse.Namespace) -> dict:
-    """Mean metrics of one evaluation, plus the AULA-Dice Spearman correlation where it wrote a QC report."""
+    """Mean metrics of one evaluation, plus the AULA-Dice Spearman correlations where it wrote a QC report."""
     metrics = read_metric_csvs(eval_dir, _classes(args))["mean"]
     qc = eval_dir / "qc_report.csv"
     if qc.is_file():
-        with open(qc, newline="") as f:
-            rows = list(csv.DictReader(f))
-        metrics["qc_spearman"] = spearman([float(r["aula"]) for r in rows], [float(r["dice"]) for r in rows])
+        metrics.update(qc_spearman(qc, _classes(args)))
     return metrics
 
 
@@ -283,11 +297,17 @@ def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLAS
     qc = [(r["variant"], role, r["seed"], r[role]["qc_spearman"]) for r in runs for role in all_roles
           if role in r and "qc_spearman" in r[role]]
     if qc:
-        lines += ["", "| variant | weights | Spearman(AULA, Dice) per seed | mean ± sd |", "|---|---|---|---|"]
+        lines += ["", "| variant | weights | Spearman(AULA, Dice) per seed | mean ± sd | "
+                  + " | ".join(f"Spearman(AULA {c}, Dice {c})" for c in classes) + " |",
+                  "|---|---|---|---|" + "---|" * len(classes)]
         for variant, role in dict.fromkeys((v, ro) for v, ro, _, _ in qc):
             rhos = [(seed, rho) for v, ro, seed, rho in qc if (v, ro) == (variant, role)]
             per_seed = ", ".join(f"{seed}: {rho:.2f}" for seed, rho in rhos)
-            lines.append(f"| {variant} | {role} | {per_seed} | {_mean_sd([rho for _, rho in rhos], digits=2)} |")
+            per_class = [[r[role]["qc_spearman_per_class"][c] for r in runs if r["variant"] == variant and role in r
+                          and c in r[role].get("qc_spearman_per_class", {})] for c in classes]
+            cells = [_mean_sd(values, digits=2) if values else "-" for values in per_class]
+            lines.append(f"| {variant} | {role} | {per_seed} | {_mean_sd([rho for _, rho in rhos], digits=2)} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -93,3 +93,26 @@ def test_the_scenario_names_every_run_folder_but_the_default_one(tmp_path: Path)
     args.scenario = "default"
     assert module.run_dir("mean_teacher", 2, args) == tmp_path / "mean_teacher_seed2"
     assert module.SCENARIO_DATA["two_site"] == REPO / "data" / "demo_two_site"
+
+
+def test_qc_correlations_per_class_are_read_and_tabulated(tmp_path: Path) -> None:
+    import importlib.util
+
+    from semiseg.reporting_qc import write_qc_report
+
+    spec = importlib.util.spec_from_file_location("compare_methods", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    # organ AULA and Dice in the same order (rho 1), lesion in the opposite order (rho -1), the case values rho 1
+    rows = [{"case": c, "image": c, "aula": a, "dice": d, "hd95": 1.0, "mean_entropy": 0.1,
+             "aula_per_class": [a, 1 - a], "dice_per_class": [d, d]} for c, a, d in (("a", 0.9, 0.8), ("b", 0.5, 0.3),
+                                                                                   ("c", 0.7, 0.6))]
+    write_qc_report(rows, tmp_path, class_names=["organ", "lesion"])
+    qc = compare.qc_spearman(tmp_path / "qc_report.csv", ("organ", "lesion"))
+    assert qc["qc_spearman"] == 1.0 and qc["qc_spearman_per_class"] == {"organ": 1.0, "lesion": -1.0}
+    metrics = {"dice": {"organ": 0.8, "lesion": 0.5, "mean": 0.65}, "hd95": {"mean": 1.0}, "asd": {"mean": 1.0}, **qc}
+    text = compare.table([{"variant": "layer_ensembles", "seed": 0, "train_s": 1.0, "student": metrics}],
+                         ["layer_ensembles"])
+    assert "| Spearman(AULA organ, Dice organ) | Spearman(AULA lesion, Dice lesion) |" in text, text
+    assert "| layer_ensembles | student | 0: 1.00 | 1.00 ± 0.00 | 1.00 ± 0.00 | -1.00 ± 0.00 |" in text, text

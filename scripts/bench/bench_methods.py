@@ -18,7 +18,7 @@ without the method's extra heads and decoders (:func:`same_backbone`), the ratio
 Bundles run in rounds (all bundles once per round, in a rotated order), so machine drift hits all of them; the JSON
 has per-bundle medians over rounds and the ratios to ``supervised`` (and to the same backbone).
 The JSON is rewritten after every bundle (with ``"partial": true`` until the last one), so a run stopped by a
-time limit keeps what it measured. Terms that a bundle starts late (UGPCL's contrastive loss, at step 1000) are
+time limit keeps what it measured. Terms that a bundle starts late (UGPCL's contrastive loss, at 10% of the run) are
 switched on from the first iteration (``STEADY_STATE``), so every bundle is timed in its costliest phase.
 
 Peak memory: ``ru_maxrss`` of the subprocess (CPU; it includes the cached data set, the same for every bundle)
@@ -92,8 +92,8 @@ def same_backbone(owner_parser: Any, owner: str) -> dict:
 
 
 # terms that start late in a run are switched on from the first iteration, so the timed steps are the costliest
-# phase: UGPCL's contrastive loss and queues start at step 1000 (``contrast_start``), 2/3 into the demo's 1500
-# iterations, and are off in a benchmark's first iterations otherwise
+# phase: UGPCL's contrastive loss and queues start at 10% of the run (``contrast_start_fraction``; ``contrast_start``
+# 0 puts them on from the second iteration) and may be off in a benchmark's first iterations otherwise
 STEADY_STATE = {"ugpcl": {"contrast_start": 0}}
 OWN_NETWORK = ("urpc", "ugpcl")  # bundles whose network is part of the method: also timed against their backbone
 STUDENT_CROPS = 4  # crops the student sees per iteration in every bundle (2 labelled + 2 unlabelled)

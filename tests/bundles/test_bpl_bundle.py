@@ -5,6 +5,7 @@ threshold trajectory (CSV from training, PNG from evaluate), the head and warm-u
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import torch
@@ -31,8 +32,9 @@ def test_pseudo_terms_reached_trajectory_written_and_head_restored(tiny_demo: Pa
     assert float(rows[0]["bpl_alpha"]) == 0.0 and float(rows[0]["pseudo_kept"]) == 0.0
     assert all(float(r["bpl_alpha"]) == 1.0 for r in rows[1:])
     assert any(float(r["pseudo_kept"]) == 1.0 for r in rows[1:]), rows
-    for r in rows:
-        assert 0.0 < float(r["threshold"]) < 1.0 and float(r["threshold_sigma"]) > 0.0
+    for r in rows:  # the sample itself (no fallback to the prior mean); the terms are kept only for 0 < tau < 1
+        assert math.isfinite(float(r["threshold"])) and float(r["threshold_sigma"]) > 0.0
+        assert float(r["pseudo_kept"]) == 0.0 or 0.0 < float(r["threshold"]) < 1.0
 
     checkpoint = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
     assert {"threshold_head", "warmup"} <= set(checkpoint)
@@ -60,3 +62,13 @@ def test_brats_overlay_sets_the_paper_protocol() -> None:
     assert parser["in_channels"] == 4 and parser["roi_size"] == [128, 128, 32]
     assert parser["max_iterations"] == 25000 and parser["network_def"]["out_channels"] == 1
     assert parser.get_parsed_content("optimizer").defaults["weight_decay"] == 0.0005
+
+
+def test_threshold_is_the_sample_by_default_and_the_fallback_a_setting() -> None:
+    # EM-BPL-Semi-Seg@96690d1 libs/Loss.py lines 111-112: the prior-mean fallback is commented out
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    assert parser["threshold_fallback"] is False
+    assert parser.get_parsed_content("method").threshold_fallback is False
+    parser["threshold_fallback"] = "true"  # as python -m monai.bundle run passes --threshold_fallback true
+    assert parser.get_parsed_content("method", lazy=False).threshold_fallback is True

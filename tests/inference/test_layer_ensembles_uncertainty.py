@@ -21,12 +21,27 @@ def _heads(*probs: tuple[float, float]) -> torch.Tensor:
 
 def test_maps_hand_computed_for_two_disagreeing_heads() -> None:
     # heads (1, 0) and (0, 1): mean (1/2, 1/2) -> entropy log 2 / log 2 = 1; each head's entropy 0 -> MI = 1;
-    # variance per class: values {1, 0} -> 1/4, two classes summed -> 1/2 (= 1 - 1/C, the maximum)
+    # variance of the heads' labels {0, 1} (pianoza/LayerEnsembles@e5a4a88 evaluation_utils.py line 98): 1/4
     maps = uncertainty_maps(_heads((1.0, 0.0), (0.0, 1.0)))
     torch.testing.assert_close(maps["mean"].flatten(), torch.tensor([0.5, 0.5]))
     assert maps["entropy"].item() == pytest.approx(1.0, abs=1e-5)
     assert maps["mutual_information"].item() == pytest.approx(1.0, abs=1e-5)
-    assert maps["variance"].item() == pytest.approx(0.5)
+    assert maps["variance"].item() == pytest.approx(0.25)
+
+
+def test_variance_is_that_of_the_heads_labels() -> None:
+    # the reference's segmentation path: np.var(np.argmax(pred, axis=1), axis=0), population variance.
+    # three heads, three classes, two voxels: labels (0, 2, 2) -> mean 4/3, var ((16 + 4 + 4) / 9) / 3 = 8/9;
+    # labels (1, 1, 0) -> mean 2/3, var ((1 + 1 + 4) / 9) / 3 = 2/9. Soft probabilities count by their argmax only:
+    # (0.5, 0.3, 0.2) and (0.9, 0.05, 0.05) are both label 0.
+    heads = torch.tensor([
+        [[0.5, 0.3, 0.2], [0.1, 0.8, 0.1]],
+        [[0.1, 0.2, 0.7], [0.2, 0.6, 0.2]],
+        [[0.0, 0.4, 0.6], [0.9, 0.05, 0.05]],
+    ]).permute(0, 2, 1).unsqueeze(0)  # (1, K=3, C=3, 2 voxels)
+    variance = uncertainty_maps(heads)["variance"]
+    assert variance.shape == (1, 1, 2)
+    torch.testing.assert_close(variance.flatten(), torch.tensor([8 / 9, 2 / 9]))
 
 
 def test_maps_hand_computed_for_agreeing_and_partly_agreeing_heads() -> None:
@@ -37,11 +52,11 @@ def test_maps_hand_computed_for_agreeing_and_partly_agreeing_heads() -> None:
     assert same["mutual_information"].item() == pytest.approx(0.0, abs=1e-6)
     assert same["variance"].item() == 0.0
     # heads (1/2, 1/2) and (1, 0): mean (3/4, 1/4), entropy 0.8113; expected entropy (1 + 0) / 2 = 1/2
-    # MI = 0.8113 - 0.5 = 0.3113; variance per class: {1/2, 1} -> 1/16, {1/2, 0} -> 1/16, sum 1/8
+    # MI = 0.8113 - 0.5 = 0.3113; both heads' label is 0 (argmax takes the first of a tie): variance 0
     mixed = uncertainty_maps(_heads((0.5, 0.5), (1.0, 0.0)))
     assert mixed["entropy"].item() == pytest.approx(h, rel=1e-5)
     assert mixed["mutual_information"].item() == pytest.approx(h - 0.5, abs=1e-5)
-    assert mixed["variance"].item() == pytest.approx(1 / 8)
+    assert mixed["variance"].item() == 0.0
 
 
 def test_dict_transform_puts_the_mean_under_pred_and_adds_maps_and_aula(tmp_path: Path) -> None:
@@ -56,9 +71,11 @@ def test_dict_transform_puts_the_mean_under_pred_and_adds_maps_and_aula(tmp_path
     torch.testing.assert_close(out["layer_agreement"], torch.tensor([2 / 3, 1.0]))
     for key in ("entropy", "variance", "mutual_information"):
         assert out[key].shape == (1, 4, 1, 1) and isinstance(out[key], MetaTensor)
+    torch.testing.assert_close(out["aula_per_class"], torch.tensor([5 / 6]))  # one foreground class: the same
     SaveLayerAgreementd(keys="aula", output_dir=tmp_path, meta_key="image")(out)
     record = json.loads((tmp_path / "case_007_aula.json").read_text())
     assert record["aula"] == pytest.approx(5 / 6) and record["heads"] == 3
+    assert record["aula_per_class"] == pytest.approx([5 / 6])
     assert record["layer_agreement"] == pytest.approx([2 / 3, 1.0]) and "mean_entropy" in record
 
 
@@ -87,3 +104,13 @@ def test_errors_name_the_problem() -> None:
         LayerEnsembleUncertaintyd(keys=["a", "b"], num_classes=2)
     with pytest.raises(ValueError, match=r"C >= 2 classes"):
         uncertainty_maps(torch.zeros(1, 2, 1, 4))
+
+
+def test_aula_per_class_of_a_three_class_case() -> None:
+    # two heads, labels 1120 and 1220 on four voxels: class 1 {0, 1} vs {0} -> 2/3; class 2 {2} vs {1, 2} -> 2/3
+    # third head 1100: class 1 {0} vs {0, 1} -> 2/3; class 2 {1, 2} vs {} -> 0
+    # per class AULA (two intervals): class 1 (2/3 + 2/3) / 2 = 2/3; class 2 (2/3 + 0) / 2 = 1/3
+    labels = torch.tensor([[1, 1, 2, 0], [1, 2, 2, 0], [1, 1, 0, 0]])
+    probs = torch.nn.functional.one_hot(labels, 3).permute(0, 2, 1).float().reshape(9, 4, 1, 1)
+    out = LayerEnsembleUncertaintyd(keys="pred", num_classes=3)({"pred": probs})
+    torch.testing.assert_close(out["aula_per_class"], torch.tensor([2 / 3, 1 / 3]))

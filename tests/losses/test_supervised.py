@@ -1,4 +1,5 @@
-"""ssl4mis_dice_ce equals 0.5 (CE + SSL4MIS Dice) (docs/architecture.md §3; SSL4MIS utils/losses.py::DiceLoss)."""
+"""ssl4mis_dice_ce equals 0.5 (CE + SSL4MIS Dice) (docs/architecture.md §3; SSL4MIS utils/losses.py::DiceLoss);
+ClassWeightedDiceCELoss equals UGPCL's supervised loss (taovv/UGPCL codes/losses/losses.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semiseg.losses import ssl4mis_dice_ce
+from semiseg.losses import ClassWeightedDiceCELoss, ssl4mis_dice_ce
 
 
 def _ssl4mis_dice(probs: torch.Tensor, labels: torch.Tensor, classes: range) -> torch.Tensor:
@@ -51,3 +52,32 @@ def test_the_command_lines_strings_are_read_as_booleans(flag: str | int, include
     assert ssl4mis_dice_ce(include_background=flag)(logits, labels).item() == pytest.approx(expected.item())
     with pytest.raises(ValueError, match="dice_include_background"):
         ssl4mis_dice_ce(include_background="maybe")
+
+
+def _fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.sin(torch.arange(2 * 3 * 4 * 4 * 2, dtype=torch.float32).reshape(2, 3, 4, 4, 2) * 0.7) * 2.0
+    labels = (torch.arange(2 * 4 * 4 * 2).reshape(2, 1, 4, 4, 2) % 3).float()
+    labels[0, 0, :2] = 0
+    return logits, labels
+
+
+def test_class_weighted_dice_ce_equals_the_ugpcl_reference_on_fixed_inputs() -> None:
+    # taovv/UGPCL@5980405 DiceLoss_(weight=0.5, n_classes=3, class_weight=[0, 1, 1]) + CrossEntropyLoss_(weight=0.5),
+    # run on these inputs in a scratch folder: 0.20391468703746796 + 0.8698278665542603 = 1.0737425088882446
+    logits, labels = _fixed_batch()
+    loss = ClassWeightedDiceCELoss([0.0, 1.0, 1.0])(logits, labels)
+    assert loss.item() == pytest.approx(1.0737425088882446, abs=1e-6)
+    # the background is out of the Dice, but the sum is still divided by all 3 classes (the reference's n_classes)
+    dice = _ssl4mis_dice(torch.softmax(logits, 1), labels.long(), range(1, 3)) * 2 / 3
+    expected = 0.5 * dice + 0.5 * F.cross_entropy(logits, labels[:, 0].long())
+    assert ClassWeightedDiceCELoss([0.0, 1.0, 1.0])(logits, labels).item() == pytest.approx(expected.item(), abs=1e-6)
+    # with all weights 1 it is ssl4mis_dice_ce
+    assert ClassWeightedDiceCELoss([1.0, 1.0, 1.0])(logits, labels).item() == pytest.approx(
+        ssl4mis_dice_ce()(logits, labels).item(), abs=1e-6)
+
+
+def test_class_weighted_dice_ce_refuses_bad_weights() -> None:
+    with pytest.raises(ValueError, match="one weight >= 0 per class"):
+        ClassWeightedDiceCELoss([0.0, -1.0])
+    with pytest.raises(ValueError, match="3 channels for 2 class weights"):
+        ClassWeightedDiceCELoss([0.0, 1.0])(*_fixed_batch())

@@ -102,15 +102,43 @@ def test_threshold_is_the_mean_of_one_reparameterised_sample() -> None:
     assert float(tau) == pytest.approx(0.65, abs=1e-6)
 
 
-def test_threshold_outside_two_prior_sigmas_falls_back_to_the_prior_mean() -> None:
-    # eps [5, 5]: (0.6 + 0.5 + 0.8 + 1.0) / 2 = 1.45 > 0.7 + 2 * 0.15 = 1.0 -> tau = 0.7
+def test_threshold_outside_two_prior_sigmas_is_kept_as_the_released_code_does() -> None:
+    # EM-BPL-Semi-Seg@96690d1 libs/Loss.py lines 111-112: the fallback to the prior mean is commented out, so the
+    # sample is the threshold wherever it lies.
+    # eps [5, 5]: (0.6 + 0.5 + 0.8 + 1.0) / 2 = 1.45 > 0.7 + 2 * 0.15 = 1.0: tau stays 1.45
     tau = sample_threshold(_posterior([0.6, 0.8], [0.1, 0.2]), eps=torch.full((1, 2), 5.0))
-    assert float(tau) == pytest.approx(0.7)
-    # (0.2 + 0.1) / 2 = 0.15 < 0.7 - 0.3 = 0.4 -> 0.7
+    assert float(tau) == pytest.approx(1.45)
+    # (0.2 + 0.1) / 2 = 0.15 < 0.7 - 0.3 = 0.4: tau stays 0.15
     tau = sample_threshold(_posterior([0.2, 0.1], [0.1, 0.1]), eps=torch.zeros(1, 2))
-    assert float(tau) == pytest.approx(0.7)
+    assert float(tau) == pytest.approx(0.15)
+    assert BPLMethod().threshold_fallback is False
     with pytest.raises(ValueError, match="shape of logvar"):
         sample_threshold(_posterior([0.2, 0.1], [0.1, 0.1]), eps=torch.zeros(2))
+
+
+def test_threshold_fallback_option_replaces_a_sample_outside_two_prior_sigmas() -> None:
+    # the older commits' rule, kept as the bundle setting threshold_fallback: 1.45 > 1.0 -> 0.7; 0.15 < 0.4 -> 0.7
+    tau = sample_threshold(_posterior([0.6, 0.8], [0.1, 0.2]), eps=torch.full((1, 2), 5.0), fallback=True)
+    assert float(tau) == pytest.approx(0.7)
+    tau = sample_threshold(_posterior([0.2, 0.1], [0.1, 0.1]), eps=torch.zeros(1, 2), fallback=True)
+    assert float(tau) == pytest.approx(0.7)
+    # inside the band the sample is kept either way: 0.65
+    tau = sample_threshold(_posterior([0.6, 0.8], [0.1, 0.2]), eps=torch.tensor([[1.0, -1.0]]), fallback=True)
+    assert float(tau) == pytest.approx(0.65, abs=1e-6)
+
+
+def test_method_thresholds_with_the_sample_unless_told_to_fall_back() -> None:
+    # flags 2/2 with the prior N(0.5, 0.001^2): tau = mean(eps exp(logvar / 2)) + 0.5 over 3 x 8 draws with the
+    # head's own spread (exp(logvar / 2) about 1), far outside the band 0.5 +- 0.002 for this seed
+    images, labels, unlabelled = _batch()
+    engine = _engine(_unet())
+    taus = {}
+    for fallback in (False, True):
+        method = BPLMethod(pri_mu=0.5, pri_std=0.001, flag_post_mu=2, flag_post_std=2, threshold_fallback=fallback)
+        torch.manual_seed(7)
+        _, out = method(engine, (images, labels), unlabelled)
+        taus[fallback] = float(out["threshold"])
+    assert abs(taus[False] - 0.5) > 0.002 and taus[True] == pytest.approx(0.5)
 
 
 def test_binary_dice_bce_by_hand() -> None:
@@ -198,7 +226,7 @@ def test_terms_dropped_while_alpha_is_zero_and_kept_after() -> None:
     assert float(out["pseudo_kept"]) == 0.0 and float(loss.detach()) == float(out["sup_loss"])
     engine.state.bpl_alpha = 1.0
     loss, out = method(engine, (images, labels), unlabelled)
-    # flags 2/2: the KL is 0; the threshold is one sample around 0.5 (or 0.5 itself outside 0.5 +- 0.5)
+    # flags 2/2: the KL is 0; the threshold is one sample around 0.5
     assert 0.0 <= float(out["threshold"]) <= 1.0 and float(out["kl_loss"]) == 0.0
     if float(out["pseudo_kept"]):
         assert float(loss.detach()) == pytest.approx(float(out["sup_loss"]) + float(out["unsup_loss"]), rel=1e-6)

@@ -10,8 +10,9 @@ import torch
 from monai.losses import DiceCELoss
 
 from semiseg.keys import SSLKeys
+from semiseg.losses import PresentClassDiceLoss, ssl4mis_dice_ce
 from semiseg.methods import LayerEnsemblesMeanTeacherMethod, LayerEnsemblesMethod
-from semiseg.methods.layer_ensembles import layer_ensemble_loss
+from semiseg.methods.layer_ensembles import head_loss, layer_ensemble_loss
 
 
 def _ce() -> DiceCELoss:
@@ -42,6 +43,33 @@ def test_sum_of_head_losses_hand_computed() -> None:
     loss.backward()
     assert net.logits.grad is not None and bool((net.logits.grad != 0).all())  # every head is trained
     assert layer_ensemble_loss(layer_ensemble_loss()) is not None and not LayerEnsemblesMethod.requires_unlabelled
+
+
+def _fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.sin(torch.arange(2 * 3 * 4 * 4 * 2, dtype=torch.float32).reshape(2, 3, 4, 4, 2) * 0.7) * 2.0
+    labels = torch.arange(2 * 4 * 4 * 2).reshape(2, 1, 4, 4, 2) % 3
+    labels[0, :, :2] = 0
+    return logits, labels
+
+
+def test_each_head_is_trained_with_the_references_dice_alone() -> None:
+    # pianoza/LayerEnsembles@e5a4a88 methods/commons.py 77-86: segmentation_models_pytorch DiceLoss(mode="multiclass",
+    # classes=[0, 1, 2], from_logits=True, smooth=1e-7), run on these inputs in a scratch folder: 0.6630282402038574;
+    # with class 2 relabelled 1 (absent from the batch: it adds 0 but still counts in the mean): 0.38658711314201355
+    logits, labels = _fixed_batch()
+    assert PresentClassDiceLoss()(logits, labels).item() == pytest.approx(0.6630282402038574, abs=1e-6)
+    assert PresentClassDiceLoss()(logits, labels.where(labels != 2, 1)).item() == pytest.approx(0.38658711314201355,
+                                                                                               abs=1e-6)
+    # the method's default: that loss on every head, summed with weight 1 (base_method.py train_epoch 277-281)
+    net = _Heads([[0.0, 0.0, 0.0], [1.0, -1.0, 0.5]])
+    images = torch.zeros(2, 1, 4, 4, 2)
+    loss, _ = LayerEnsemblesMethod()(SimpleNamespace(network=net), (images, labels), None)
+    expected = sum(PresentClassDiceLoss()(z, labels) for z in net(images))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert isinstance(head_loss("dice"), PresentClassDiceLoss)
+    assert head_loss("dice_ce")(logits, labels).item() == pytest.approx(ssl4mis_dice_ce()(logits, labels).item())
+    with pytest.raises(ValueError, match="setting head_loss must be one of dice, dice_ce"):
+        head_loss("ce")
 
 
 def test_mean_teacher_variant_consistency_on_the_ensembles_hand_computed() -> None:

@@ -217,6 +217,43 @@ def test_loss_is_the_sum_of_its_weighted_terms_and_contrast_starts_with_its_weig
     assert net.embed_head[1].weight.grad.abs().sum() > 0  # the contrastive term trains the projection head
 
 
+class _FixedDecoders(torch.nn.Module):
+    """UGPCLNet's training outputs with fixed logits per item, constant over space (rotations leave them alone)."""
+
+    def __init__(self, seg: list[list[float]], seg_tf: list[list[float]]) -> None:
+        super().__init__()
+        self.seg, self.seg_tf = torch.nn.Parameter(torch.tensor(seg)), torch.nn.Parameter(torch.tensor(seg_tf))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[2:]
+        return {"seg": self.seg.view(*self.seg.shape, 1, 1, 1).expand(-1, -1, *size),
+                "seg_tf": self.seg_tf.view(*self.seg_tf.shape, 1, 1, 1).expand(-1, -1, *size),
+                "embed": torch.zeros(x.shape[0], 4, *[s // 4 for s in size]), "cls": torch.zeros(x.shape[0], 4)}
+
+
+def test_transformer_weight_and_unlabelled_only_consistency_hand_computed() -> None:
+    # one labelled crop (label 1 on all N = 64 voxels), then one unlabelled crop; two classes.
+    # CNN decoder: logits (0, 0) on both -> p = (1/2, 1/2); transformer decoder: (ln 3, 0) -> (3/4, 1/4) on the labelled
+    # crop, (ln 7, 0) -> (7/8, 1/8) on the unlabelled one.
+    # L_sup = 0.5 (w_1 D_1) / 2 + 0.5 CE with the background's Dice weight 0 (taovv/UGPCL class_weight [0, 1]):
+    #   CNN: D_1 = 1 - (2 N/2 + 1e-5) / (N/4 + N + 1e-5), CE = ln 2; transformer: D_1 = 1 - (2 N/4 + 1e-5) /
+    #   (N/16 + N + 1e-5), CE = ln 4; supervised = L_cnn + 0.4 L_tf (the reference's tf_decoder_weight)
+    # consistency on the unlabelled crop only: ((1/2 - 7/8)^2 + (1/2 - 1/8)^2) / 2 = 9/64 (with the labelled crop too it
+    # would be (9/64 + 1/16) / 2 = 13/128); rotation CE of zero logits over 4 classes: ln 4
+    n = 64
+    l_cnn = 0.5 * (1 - (n + 1e-5) / (1.25 * n + 1e-5)) / 2 + 0.5 * math.log(2)
+    l_tf = 0.5 * (1 - (n / 2 + 1e-5) / (17 * n / 16 + 1e-5)) / 2 + 0.5 * math.log(4)
+    net = _FixedDecoders([[0.0, 0.0], [0.0, 0.0]], [[math.log(3), 0.0], [math.log(7), 0.0]])
+    method = UGPCLMethod(num_classes=2, embed_dim=4, memory_size=4, rotation_jitter=0.0)
+    engine = _engine(net)
+    engine.state.consistency_weight = 0.5
+    labelled = (torch.zeros(1, 1, 4, 4, 4), torch.ones(1, 1, 4, 4, 4, dtype=torch.long))
+    loss, out = method(engine, labelled, torch.zeros(1, 1, 4, 4, 4))
+    assert out[SSLKeys.SUPERVISED_LOSS.value].item() == pytest.approx(l_cnn + 0.4 * l_tf, rel=1e-6)
+    assert out[SSLKeys.UNSUPERVISED_LOSS.value].item() == pytest.approx(9 / 64, rel=1e-6)
+    assert loss.item() == pytest.approx(l_cnn + 0.4 * l_tf + 0.5 * 9 / 64 + 0.1 * math.log(4), rel=1e-6)
+
+
 def test_missing_state_names_its_handler() -> None:
     method = UGPCLMethod()
     engine = SimpleNamespace(state=SimpleNamespace(consistency_weight=0.1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semiseg.metrics import aula, layer_agreement
+from semiseg.metrics import aula, aula_per_class, layer_agreement
 
 
 def _one_hot(labels: list[list[int]], num_classes: int) -> torch.Tensor:
@@ -87,3 +87,25 @@ def test_area_under_agreement_hand_computed_and_errors() -> None:
     torch.testing.assert_close(area_under_agreement(torch.tensor([[0.25]])), torch.tensor([0.25]))
     with pytest.raises(ValueError, match=r"\(B, n >= 1\), got shape \(3,\)"):
         area_under_agreement(torch.ones(3))
+
+
+def test_per_class_curves_and_aula_hand_computed() -> None:
+    # heads 1120, 1220, 1100 (four voxels, three classes):
+    # class 1: {0, 1} vs {0} -> 2/3, {0} vs {0, 1} -> 2/3; class 2: {2} vs {1, 2} -> 2/3, {1, 2} vs {} -> 0
+    heads = [_one_hot([m], 3) for m in ([1, 1, 2, 0], [1, 2, 2, 0], [1, 1, 0, 0])]
+    torch.testing.assert_close(layer_agreement(heads, per_class=True), torch.tensor([[[2 / 3, 2 / 3], [2 / 3, 0.0]]]))
+    torch.testing.assert_close(aula_per_class(heads), torch.tensor([[2 / 3, 1 / 3]]))
+    # a class absent from both masks agrees (1) in its own curve, and is left out of the case curve's class mean
+    heads = [_one_hot([[1, 1, 0, 0]], 3), _one_hot([[1, 0, 0, 0]], 3)]
+    torch.testing.assert_close(aula_per_class(heads), torch.tensor([[2 / 3, 1.0]]))
+    torch.testing.assert_close(aula(heads), torch.tensor([2 / 3]))
+
+
+def test_agreement_is_on_binarised_masks_not_on_probabilities() -> None:
+    # The authors' README and paper: the Dice between the layers' segmentations. Their code casts softmax
+    # probabilities to bool (pianoza/LayerEnsembles@e5a4a88 metrics.py as_logical), so any non-zero probability is
+    # foreground: run on these heads in a scratch folder it gives agreement 1 for every pair. Here: argmax masks
+    # 0101 and 0111 -> Dice 2 * 2 / (2 + 3) = 0.8, although no probability is 0.
+    soft_a = torch.tensor([[[0.9, 0.4, 0.6, 0.2], [0.1, 0.6, 0.4, 0.8]]])
+    soft_b = torch.tensor([[[0.7, 0.3, 0.4, 0.1], [0.3, 0.7, 0.6, 0.9]]])
+    torch.testing.assert_close(aula_per_class([soft_a, soft_b]), torch.tensor([[0.8]]))

@@ -11,27 +11,57 @@ import torch
 from monai.networks.nets import UNet
 
 from semiseg.networks import LayerEnsembles, unet, vnet
-from semiseg.networks.layer_ensembles import ensemble_log_probs, unet_blocks
+from semiseg.networks.layer_ensembles import ensemble_log_probs, unet_blocks, unet_encoder_blocks
 from tests.helpers import tiny_unet
 
 
-def test_bundle_network_gets_a_head_per_block_and_outputs_at_input_size() -> None:
+def test_bundle_network_gets_heads_on_its_encoder_side_and_outputs_at_input_size() -> None:
+    # pianoza/LayerEnsembles@e5a4a88 methods/commons.py 29-36: heads on the encoder's modules named relu only (the stem
+    # and the 8 residual blocks). The bundles' 4-level UNet: a head on each level's residual sub-unit and on the level
+    # (3 down blocks and the bottom), 8 heads, 9 members with the network's own output; 3x3x3 heads as the reference's
     torch.manual_seed(0)
-    net = LayerEnsembles(unet())  # the bundles' 4-level UNet: 3 encoder blocks, bottom, 2 decoder blocks
-    assert net.layers == (
-        "model.0", "model.1.submodule.0", "model.1.submodule.1.submodule.0",
-        "model.1.submodule.1.submodule.1.submodule", "model.1.submodule.1.submodule.2", "model.1.submodule.2",
-    )
-    assert [head.in_channels for head in net.heads] == [16, 32, 64, 128, 32, 16]
-    assert net.num_outputs == 7 and net.num_classes == 3
+    net = LayerEnsembles(unet())
+    down1, down2, down3 = "model.0", "model.1.submodule.0", "model.1.submodule.1.submodule.0"
+    bottom = "model.1.submodule.1.submodule.1.submodule"
+    levels = (down1, down2, down3, bottom)
+    assert net.layers == tuple(name for level in levels for name in (f"{level}.conv.unit0", level))
+    assert not any(name.endswith(".2") or ".2." in name for name in net.layers)  # no decoder ("up") block
+    assert [head.in_channels for head in net.heads] == [16, 16, 32, 32, 64, 64, 128, 128]
+    assert all(head.kernel_size == (3, 3, 3) for head in net.heads)
+    assert net.num_outputs == 9 and net.num_classes == 3
     x = torch.randn(2, 1, 24, 16, 32)
     outputs = net(x)
-    assert isinstance(outputs, list) and len(outputs) == 7
+    assert isinstance(outputs, list) and len(outputs) == 9
     assert all(o.shape == (2, 3, 24, 16, 32) for o in outputs)
     net.eval()
     with torch.no_grad():
         assert net(x).shape == (2, 3, 24, 16, 32)
-        assert net.set_output("heads")(x).shape == (2, 7 * 3, 24, 16, 32)
+        assert net.set_output("heads")(x).shape == (2, 9 * 3, 24, 16, 32)
+
+
+def test_all_blocks_preset_keeps_the_heads_of_bundle_0_1_0() -> None:
+    net = LayerEnsembles(unet(), layers="all_blocks", head_kernel_size=1)
+    assert net.layers == (
+        "model.0", "model.1.submodule.0", "model.1.submodule.1.submodule.0",
+        "model.1.submodule.1.submodule.1.submodule", "model.1.submodule.1.submodule.2", "model.1.submodule.2",
+    )
+    assert list(net.layers) == unet_blocks(unet()) and net.num_outputs == 7
+    assert unet_encoder_blocks(unet(num_res_units=2))[:3] == ["model.0.conv.unit0", "model.0.conv.unit1", "model.0"]
+
+
+def test_head_is_a_convolution_at_the_blocks_resolution_upsampled_with_aligned_corners() -> None:
+    # the reference's SegmentationHead: conv, then UpsamplingBilinear2d (align_corners=True)
+    torch.manual_seed(0)
+    net = LayerEnsembles(tiny_unet()).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    features = {}
+    handle = net.network.get_submodule("model.0").register_forward_hook(lambda _m, _i, out: features.update(f=out))
+    with torch.no_grad():
+        first = net._head_logits(x, 0)[0]
+    handle.remove()
+    expected = torch.nn.functional.interpolate(net.heads[0](features["f"]), size=(16, 16, 16), mode="trilinear",
+                                               align_corners=True)
+    torch.testing.assert_close(first, expected)
 
 
 def test_plain_monai_unet_and_named_layers_of_another_network() -> None:
@@ -112,3 +142,5 @@ def test_errors_name_the_problem() -> None:
         LayerEnsembles(vnet(), layers=["encoder.0"])
     with pytest.raises(ValueError, match="not MONAI UNet's"):
         unet_blocks(UNet(3, 1, 2, channels=(4, 8), strides=(2,)).model[0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"layers must be one of \('encoder', 'all_blocks'\)"):
+        LayerEnsembles(tiny_unet(), layers="decoder")

@@ -55,7 +55,7 @@ class RampScheduler(StateParamScheduler):
         unit: ``"iteration"`` or ``"epoch"``.
         every: how many units make one step of ``t`` (SSL4MIS: 150 iterations; UGPCL: 100).
         save_history: keep the values in ``engine.state.param_history`` (Ignite ``StateParamScheduler``).
-        offset: units before the ramp starts (BPL's warm-up, UGPCL's contrastive loss from step 1000); the value
+        offset: units before the ramp starts (BPL's warm-up, UGPCL's contrastive loss from 10% of the run); the value
             is ``start`` until then.
         run_steps: when set, ``every`` is ``max(1, budget // run_steps)`` (the ramp's ``t`` takes ``run_steps``
             steps over the run) instead of the ``every`` given.

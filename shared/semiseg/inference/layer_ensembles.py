@@ -5,13 +5,17 @@ Kushibar et al., "Layer Ensembles: A Single-Pass Uncertainty Estimation in Deep 
 ``p_1 .. p_K`` per voxel; with ``pbar = mean_h p_h`` and ``C`` classes (docs/architecture.md §3, §5):
 
 - entropy ``H(pbar) = -sum_c pbar_c log(pbar_c + 1e-6) / log C`` (normalised to [0, 1], as the bundles' entropy);
-- variance ``sum_c Var_h(p_hc)`` (population variance over heads, summed over classes: the trace of the heads'
-  covariance, in [0, 1 - 1/C]; the reference code's classification branch, ``var(axis=heads).sum()``);
+- variance ``Var_h(argmax_c p_hc)``: the population variance over the heads of their predicted labels (the
+  reference's segmentation path, ``pianoza/LayerEnsembles@e5a4a88`` ``methods/evaluation_utils.py`` line 98,
+  ``np.var(np.argmax(pred, axis=1), axis=0)``), in [0, ((C - 1) / 2)^2]: 0 where the heads agree, larger the
+  further apart their labels are (label values as numbers, as the reference);
 - mutual information ``H(pbar) - mean_h H(p_h)`` (both normalised by ``log C``, clamped at 0 against rounding);
-- AULA, the area under the agreement of adjacent heads' masks (:func:`semiseg.metrics.aula`), per case.
+- AULA, the area under the agreement of adjacent heads' masks (:func:`semiseg.metrics.aula`), per case, and per
+  foreground class (:func:`semiseg.metrics.aula_per_class`, the reference's ``aula_<c>``).
 
-The reference normalises each map by its own min-max per image; here the maps keep absolute scales, so they can be
-compared across cases.
+The reference computes these over the heads after the first ``SKIP_FIRST_T``, as here over the kept heads. It uses
+``log(p + 1e-5)`` without normalising by ``log C`` and min-max normalises each map per image for display; here the
+maps keep absolute scales, so they can be compared across cases.
 
 This module imports only torch, MONAI and the standard library (and semiseg modules relatively), so it ships in a
 bundle zip and runs with MONAI alone (``scripts/package_bundles.py``).
@@ -34,10 +38,12 @@ from ..metrics.layer_agreement import area_under_agreement, layer_agreement
 from .checks import output_name
 
 __all__ = [
-    "AULA_KEY", "MAP_KEYS", "SEGMENTATION_MODES", "LayerEnsembleUncertaintyd", "SaveLayerAgreementd", "uncertainty_maps"
+    "AULA_KEY", "AULA_PER_CLASS_KEY", "MAP_KEYS", "SEGMENTATION_MODES", "LayerEnsembleUncertaintyd",
+    "SaveLayerAgreementd", "uncertainty_maps",
 ]
 
 AULA_KEY = "aula"
+AULA_PER_CLASS_KEY = "aula_per_class"
 AGREEMENT_KEY = "layer_agreement"
 MAP_KEYS = ("entropy", "variance", "mutual_information")
 SEGMENTATION_MODES = ("ensemble", "deepest")  # what the segmentation is: the heads' mean, or the network's own output
@@ -64,7 +70,7 @@ def uncertainty_maps(head_probs: torch.Tensor, eps: float = 1e-6) -> dict[str, t
     mean = probs.mean(dim=1)
     entropy = entropy_map(mean, eps=eps, dim=1)
     expected = entropy_map(probs, eps=eps, dim=2).mean(dim=1)
-    variance = probs.var(dim=1, unbiased=False).sum(dim=1, keepdim=True)
+    variance = probs.argmax(dim=2).float().var(dim=1, unbiased=False).unsqueeze(1)
     mutual_information = (entropy - expected).clamp_min(0)
     return {"mean": mean, "entropy": entropy, "variance": variance, "mutual_information": mutual_information}
 
@@ -84,12 +90,14 @@ class LayerEnsembleUncertaintyd(MapTransform):
     in place of ``Activationsd(softmax=True)``: afterwards the key holds the ensemble's mean probability (what
     ``AsDiscreted(argmax=True)`` turns into the segmentation), ``entropy``, ``variance`` and
     ``mutual_information`` hold ``(1, *spatial)`` maps (:func:`uncertainty_maps`), ``aula`` a ``(1,)`` tensor
-    (:func:`semiseg.metrics.aula`) and ``layer_agreement`` the ``(K - 1,)`` curve it integrates.
+    (:func:`semiseg.metrics.aula`), ``layer_agreement`` the ``(K - 1,)`` curve it integrates and ``aula_per_class``
+    the ``(C - 1,)`` AULA of each foreground class (:func:`semiseg.metrics.aula_per_class`).
 
     With ``segmentation="deepest"`` the key holds the deepest member's probability instead (the wrapped network's
     own output), while the maps and AULA still come from all kept heads: the plain network's segmentation with the
-    layer ensemble's quality control. On the demo the mean over all heads loses about 3 Dice points to the deepest
-    member, mostly on small lesions, where the shallow heads are weakest (``docs/results.md``).
+    layer ensemble's quality control. On the demo, with the heads of bundle 0.1.0 (every encoder and decoder block,
+    trained with ``0.5 (CE + Dice)``), the mean over all heads lost about 3 Dice points to the deepest member, mostly
+    on small lesions, where the shallow heads are weakest (``docs/results.md``).
 
     Args:
         keys: the prediction key (one).
@@ -132,10 +140,14 @@ class LayerEnsembleUncertaintyd(MapTransform):
             for name in MAP_KEYS:
                 d[name] = _like(pred, maps[name][0])
             if heads.shape[1] >= 2:
-                curve = layer_agreement(list(heads.unbind(dim=1)))
+                members = list(heads.unbind(dim=1))
+                curve = layer_agreement(members)
                 d[AGREEMENT_KEY], d[AULA_KEY] = curve[0], area_under_agreement(curve)
+                class_curves = layer_agreement(members, per_class=True)[0]
+                d[AULA_PER_CLASS_KEY] = area_under_agreement(class_curves)
             else:  # one head kept: nothing to disagree with
                 d[AGREEMENT_KEY], d[AULA_KEY] = torch.ones(0), torch.ones(1)
+                d[AULA_PER_CLASS_KEY] = torch.ones(self.num_classes - 1)
         return d
 
 
@@ -146,7 +158,7 @@ class SaveLayerAgreementd(MapTransform):
     ``test_000.nii.gz``, ``siteA/p1`` where two inputs are named ``p1``), as ``SaveImaged`` names
     ``<case>_seg.nii.gz``. The file::
 
-        {"image": path, "aula": 0.93, "layer_agreement": [...], "heads": K,
+        {"image": path, "aula": 0.93, "aula_per_class": [...], "layer_agreement": [...], "heads": K,
          "mean_entropy": ..., "mean_variance": ..., "mean_mutual_information": ...}
 
     Args:
@@ -178,6 +190,7 @@ class SaveLayerAgreementd(MapTransform):
             record: dict[str, Any] = {
                 "image": path,
                 "aula": float(torch.as_tensor(d[key]).reshape(-1)[0]),
+                "aula_per_class": [float(v) for v in torch.as_tensor(d.get(AULA_PER_CLASS_KEY, [])).reshape(-1)],
                 "layer_agreement": [] if curve is None else [float(v) for v in torch.as_tensor(curve).reshape(-1)],
                 "heads": None if curve is None else int(torch.as_tensor(curve).numel()) + 1,
             }

@@ -13,6 +13,7 @@ from torch import nn
 from semiseg.losses import BinaryDiceBCELoss, gaussian_kl
 from semiseg.methods.base import LabelledBatch, SSLMethod
 from semiseg.networks.bpl_head import MONAI_UNET_LAST_DECODER, FeatureTap
+from semiseg.settings import flag
 
 __all__ = [
     "BPLMethod", "ThresholdPosterior", "threshold_posterior", "sample_threshold", "check_prior", "ALPHA", "FLAGS",
@@ -145,17 +146,24 @@ def _all_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def sample_threshold(posterior: ThresholdPosterior, eps: torch.Tensor | None = None) -> torch.Tensor:
+def sample_threshold(
+    posterior: ThresholdPosterior, eps: torch.Tensor | None = None, fallback: bool = False
+) -> torch.Tensor:
     """One threshold per iteration: ``tau = mean(eps exp(logvar / 2) + mu1)``, ``eps ~ N(0, 1)``.
 
-    Xu et al., MICCAI 2022, Sec. 2 (reparameterised sample of the posterior; docs/architecture.md §3). As in the
-    reference code, a sample whose mean leaves ``mu2 +- 2 s2`` is replaced by the prior mean ``mu2``. Under
-    ``torch.distributed`` the sample's mean and the prior's mean and std are averaged over the ranks (one all-reduce)
-    before that check, so every rank thresholds with the same ``tau``.
+    Xu et al., MICCAI 2022, Sec. 2 (reparameterised sample of the posterior; docs/architecture.md §3), as the
+    reference code's ``kld_loss`` returns it (``libs/Loss.py`` at 96690d1, lines 107-114). Under ``torch.distributed``
+    the sample's mean (and the prior's mean and std) are averaged over the ranks (one all-reduce), so every rank
+    thresholds with the same ``tau``.
+
+    ``fallback=True`` replaces a sample whose mean leaves ``mu2 +- 2 s2`` by the prior mean ``mu2`` (after the
+    average over ranks). The reference's older commits did this; since commit ef57cd3 ("fixing bugs in kl") those
+    lines are commented out (``libs/Loss.py`` lines 111-112), so the default is the sample itself.
 
     Args:
         posterior: from :func:`threshold_posterior`.
         eps: the standard normal draw, shape of ``posterior.logvar``; drawn with ``torch.randn_like`` when None.
+        fallback: replace a sample outside ``mu2 +- 2 s2`` by ``mu2`` (off: the released code).
 
     Returns:
         ``tau``, a detached 0-d tensor (it only thresholds; the head learns through the KL).
@@ -170,6 +178,8 @@ def sample_threshold(posterior: ThresholdPosterior, eps: torch.Tensor | None = N
         raise ValueError(f"eps must have the shape of logvar {tuple(logvar.shape)}, got {tuple(eps.shape)}.")
     sample = (eps.to(logvar) * torch.exp(0.5 * logvar) + posterior.mu.detach()).mean()
     sample, mu2, std2 = _all_mean(torch.stack([sample, posterior.prior_mu.detach(), posterior.prior_std.detach()]))
+    if not fallback:
+        return sample
     outside = (sample < mu2 - GAMMA * std2) | (sample > mu2 + GAMMA * std2)
     return torch.where(outside, mu2, sample)
 
@@ -179,15 +189,17 @@ class BPLMethod(SSLMethod):
 
     Xu et al., "Bayesian Pseudo Labels: Expectation Maximization for Robust and Efficient Semi-Supervised
     Segmentation", MICCAI 2022, Sec. 2 and Eq. 7 (SegPL-VI; docs/architecture.md §3), as the reference code
-    (``MainSemi3D.py``, ``libs/Train3D.py``, ``libs/Loss.py``) runs it: binary segmentation with one sigmoid channel;
-    one forward pass of the labelled and unlabelled crops; a :class:`~semiseg.networks.ThresholdHead` (trainable part
-    ``"threshold_head"``) maps the pooled last-decoder features of that pass (read by a forward hook,
-    :class:`~semiseg.networks.FeatureTap`) to the threshold's posterior; :func:`threshold_posterior` gives the KL,
-    :func:`sample_threshold` one threshold ``tau``; ``L_pseudo`` is :class:`~semiseg.losses.BinaryDiceBCELoss` on the
-    unlabelled logits against the pseudo-labels, 0 when they have ``min_foreground`` or less foreground. The pseudo
-    and KL terms are dropped for the iteration unless ``beta alpha(t) L_pseudo > 0`` and ``conf_lower < tau < 1``.
-    ``alpha(t)`` is ``engine.state.bpl_alpha`` (a linear :class:`~semiseg.handlers.RampScheduler` from 0 at
-    ``warmup_start x T`` to ``alpha`` at ``(warmup_start + warmup) x T``).
+    (``EM-BPL-Semi-Seg`` at 96690d1: ``Main.py``, ``libs/Train3D.py``, ``libs/Loss.py``, ``libs/Helpers.py``) runs it:
+    binary segmentation with one sigmoid channel; one forward pass of the labelled and unlabelled crops; a
+    :class:`~semiseg.networks.ThresholdHead` (trainable part ``"threshold_head"``) maps the pooled last-decoder
+    features of that pass (read by a forward hook, :class:`~semiseg.networks.FeatureTap`) to the threshold's
+    posterior; :func:`threshold_posterior` gives the KL, :func:`sample_threshold` one threshold ``tau`` (the sample
+    itself, as the released code; the prior-mean fallback of older commits with ``threshold_fallback``);
+    ``L_pseudo`` is :class:`~semiseg.losses.BinaryDiceBCELoss` on the unlabelled logits against the pseudo-labels, 0
+    when they have ``min_foreground`` or less foreground. The pseudo and KL terms are dropped for the iteration
+    unless ``beta alpha(t) L_pseudo > 0`` and ``conf_lower < tau < 1``. ``alpha(t)`` is ``engine.state.bpl_alpha`` (a
+    linear :class:`~semiseg.handlers.RampScheduler` from 0 at ``warmup_start x T`` to ``alpha`` at ``(warmup_start +
+    warmup) x T``, the reference's ``Helpers.ramp_up``).
 
     The drop rule needs one device sync per iteration (whether the terms are kept), besides the trainer's finite
     check: a dropped iteration leaves the head without gradients, so AdamW leaves it alone, as in the reference.
@@ -206,14 +218,17 @@ class BPLMethod(SSLMethod):
         kl_weight: weight of the KL (0.1, a constant in the reference code).
         conf_lower: ``tau`` must exceed this for the terms to be kept (0.0).
         temp: temperature of the sigmoid that makes pseudo-labels and Dice probabilities (1.0).
-        min_foreground: the pseudo loss is 0 unless the pseudo-labels' foreground fraction exceeds this (0.005: "at
-            least 0.5% foreground" as the reference's comment says; its code compares with 0.0005).
+        min_foreground: the pseudo loss is 0 unless the pseudo-labels' foreground fraction exceeds this (0.005, the
+            reference's ``calculate_pseudo_loss``: "at least 0.5% foreground").
         batch_u: unlabelled crops per iteration; 0 trains on the labelled loss alone (the reference's supervised
             mode), and the trainer then needs no unlabelled loader.
         feature_module: the segmentation network's submodule whose output the head reads.
+        threshold_fallback: replace a threshold sample outside ``pri_mu +- 2 pri_std`` by the prior mean (False:
+            the released code, where that fallback is commented out; see :func:`sample_threshold`).
 
     Raises:
-        ValueError: on a bad flag, a negative weight or ``batch_u``, or ``min_foreground`` outside [0, 1).
+        ValueError: on a bad flag, a negative weight or ``batch_u``, ``min_foreground`` outside [0, 1), or a
+            ``threshold_fallback`` that is not true or false.
     """
 
     required_state = (ALPHA,)
@@ -235,6 +250,7 @@ class BPLMethod(SSLMethod):
         min_foreground: float = 0.005,
         batch_u: int = 1,
         feature_module: str = MONAI_UNET_LAST_DECODER,
+        threshold_fallback: bool = False,
     ) -> None:
         super().__init__(BinaryDiceBCELoss(temp) if supervised_loss is None else supervised_loss)
         self.flags = check_prior(pri_std, flag_post_mu=flag_post_mu, flag_post_std=flag_post_std,
@@ -252,6 +268,7 @@ class BPLMethod(SSLMethod):
         self.required_state = (ALPHA,) if self.requires_unlabelled else ()
         self.pseudo_loss_fn = BinaryDiceBCELoss(temp)
         self.temp = float(temp)
+        self.threshold_fallback = flag(threshold_fallback, "threshold_fallback")
         self.feature_module = feature_module
         self._tap: FeatureTap | None = None
 
@@ -279,7 +296,7 @@ class BPLMethod(SSLMethod):
         return torch.where(fraction > self.min_foreground, loss, torch.zeros_like(loss)), fraction
 
     def kept(self, weighted_pseudo: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """The drop rule (reference ``MainSemi3D.py``): keep the pseudo and KL terms only if
+        """The drop rule (reference ``Main.py`` lines 82-88): keep the pseudo and KL terms only if
         ``beta alpha(t) L_pseudo > 0`` and ``conf_lower < tau < 1``."""
         return (weighted_pseudo > 0) & (tau > self.conf_lower) & (tau < 1.0)
 
@@ -309,7 +326,7 @@ class BPLMethod(SSLMethod):
         supervised = self.supervised_loss(logits_l, labels)
         posterior = threshold_posterior(torch.cat([logits_l, logits_u]), mu, logvar, self.pri_mu, self.pri_std,
                                         **self.flags)
-        tau = sample_threshold(posterior)
+        tau = sample_threshold(posterior, fallback=self.threshold_fallback)
         pseudo, fraction = self.pseudo_loss(logits_u, tau)
         alpha = float(self.state(engine, ALPHA))
         weighted_pseudo = self.beta * alpha * pseudo

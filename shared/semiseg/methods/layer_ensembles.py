@@ -11,30 +11,53 @@ from ignite.engine import Engine
 from monai.losses import DeepSupervisionLoss
 from torch import nn
 
-from semiseg.losses import softmax_mse, ssl4mis_dice_ce
+from semiseg.losses import PresentClassDiceLoss, softmax_mse, ssl4mis_dice_ce
 from semiseg.methods.base import LabelledBatch, SSLMethod
 from semiseg.methods.mean_teacher import MeanTeacherMethod
 from semiseg.networks.layer_ensembles import ensemble_log_probs
 
-__all__ = ["LayerEnsemblesMeanTeacherMethod", "LayerEnsemblesMethod", "head_outputs", "layer_ensemble_loss"]
+__all__ = [
+    "HEAD_LOSSES", "LayerEnsemblesMeanTeacherMethod", "LayerEnsemblesMethod", "head_loss", "head_outputs",
+    "layer_ensemble_loss",
+]
+
+HEAD_LOSSES = ("dice", "dice_ce")  # the bundle's head_loss setting: the reference's Dice, or 0.1.0's 0.5 (CE + Dice)
 
 
-def layer_ensemble_loss(head_loss: nn.Module | None = None) -> DeepSupervisionLoss:
-    """``L = sum_h head_loss(z_h, y)`` over every head, equal weights (MONAI ``DeepSupervisionLoss``, ``"same"``).
+def head_loss(name: str = "dice") -> nn.Module:
+    """The loss of one head, by the bundle setting ``head_loss``.
+
+    - ``"dice"``: the reference's (``pianoza/LayerEnsembles@e5a4a88`` ``methods/commons.py`` lines 77-86, the
+      criterion of every head in ``methods/base_method.py`` ``train_epoch``): the soft Dice over the batch, classes
+      absent from the labels adding 0 (:class:`~semiseg.losses.PresentClassDiceLoss`);
+    - ``"dice_ce"``: the SSL4MIS ``0.5 (CE + Dice)`` (:func:`~semiseg.losses.ssl4mis_dice_ce`), bundle 0.1.0's.
+
+    Raises:
+        ValueError: on another name, naming the setting.
+    """
+    if name not in HEAD_LOSSES:
+        raise ValueError(f"setting head_loss must be one of {', '.join(HEAD_LOSSES)}, got {name!r}: pass --head_loss "
+                         "dice or dice_ce.")
+    return PresentClassDiceLoss() if name == "dice" else ssl4mis_dice_ce()
+
+
+def layer_ensemble_loss(loss: nn.Module | None = None) -> DeepSupervisionLoss:
+    """``L = sum_h loss(z_h, y)`` over every head, equal weights (MONAI ``DeepSupervisionLoss``, ``"same"``).
 
     Kushibar et al., "Layer Ensembles", MICCAI 2022, Sec. 2.1; the reference ``train_epoch`` adds the heads' losses
-    with weight 1 each (docs/architecture.md §3). A loss that already is a ``DeepSupervisionLoss`` is returned as is.
+    with weight 1 each (``methods/base_method.py`` lines 277-281; docs/architecture.md §3), each head's logits
+    upsampled to the label's size. A loss that already is a ``DeepSupervisionLoss`` is returned as is.
 
     Args:
-        head_loss: the loss of one head's logits ``(B, C, *spatial)`` against integer labels ``(B, 1, *spatial)``;
-            default the SSL4MIS ``0.5 (CE + Dice)`` (:func:`semiseg.losses.ssl4mis_dice_ce`).
+        loss: the loss of one head's logits ``(B, C, *spatial)`` against integer labels ``(B, 1, *spatial)``;
+            default the reference's Dice (``head_loss("dice")``).
 
     Returns:
         A loss taking the list of head logits and the labels.
     """
-    if isinstance(head_loss, DeepSupervisionLoss):
-        return head_loss
-    return DeepSupervisionLoss(ssl4mis_dice_ce() if head_loss is None else head_loss, weight_mode="same")
+    if isinstance(loss, DeepSupervisionLoss):
+        return loss
+    return DeepSupervisionLoss(head_loss("dice") if loss is None else loss, weight_mode="same")
 
 
 def head_outputs(output: Any, who: str) -> list[torch.Tensor]:
@@ -59,8 +82,8 @@ class LayerEnsemblesMethod(SSLMethod):
     comes at test time from the heads' disagreement. The logged ``pred`` is the network's own (deepest) output.
 
     Args:
-        supervised_loss: the loss of ONE head (default ``0.5 (CE + Dice)``), summed over the heads by
-            :func:`layer_ensemble_loss`.
+        supervised_loss: the loss of ONE head (default the reference's Dice, :func:`head_loss`), summed over the
+            heads by :func:`layer_ensemble_loss`.
     """
 
     requires_unlabelled = False
@@ -87,7 +110,7 @@ class LayerEnsemblesMeanTeacherMethod(MeanTeacherMethod):
     teacher is the EMA copy of the whole wrapper, heads included. Everything else is :class:`MeanTeacherMethod`.
 
     Args:
-        supervised_loss: the loss of one head (default ``0.5 (CE + Dice)``), summed over the heads.
+        supervised_loss: the loss of one head (default the reference's Dice, :func:`head_loss`), summed over the heads.
         skip_first: heads left out of the consistency ensemble (the network's ``skip_first``).
         kwargs: :class:`MeanTeacherMethod`'s noise and view settings.
 

@@ -11,7 +11,7 @@ from ignite.engine import Engine
 from monai.transforms import Rotate
 
 from semiseg.keys import SSLKeys
-from semiseg.losses import softmax_mse
+from semiseg.losses import ClassWeightedDiceCELoss, softmax_mse
 from semiseg.losses.contrastive import (
     class_keys,
     enqueue,
@@ -121,22 +121,27 @@ class UGPCLMethod(SSLMethod):
     """``L = L_sup(cnn) + w_tf L_sup(tf) + w_c(t) mse(softmax(cnn_u), softmax(tf_u)) + w_cls CE(rot) + w_pc(t) L_pc``.
 
     Wang et al., "Uncertainty-Guided Pixel Contrastive Learning for Semi-Supervised Medical Image Segmentation",
-    IJCAI 2022, Sec. 3 (the overall objective), as its reference code ``taovv/UGPCL``
-    (``codes/trainers/ugpcl_trainer.py``) runs it (docs/architecture.md §3). One iteration:
+    IJCAI 2022, Sec. 3 (the overall objective), as its reference code ``taovv/UGPCL`` (``codes/trainers/
+    ugpcl_trainer.py``) runs it with the paper's comparison config (``configs/comparison_acdc_224_136/
+    ugpcl_unet_r50.yaml`` on ``configs/_trainers/ugpcl.yaml``; docs/architecture.md §3). One iteration:
 
     1. every labelled and unlabelled crop is rotated about the axial axis by a random ``k * 90`` degrees plus a
        ``U(-rotation_jitter, rotation_jitter)`` jitter, labels with their images (:func:`rotate_batch`);
     2. one forward pass of the :class:`~semiseg.networks.UGPCLNet` over both batches gives ``seg`` (CNN decoder),
        ``seg_tf`` (transformer decoder), ``embed`` (256-d voxel embeddings) and ``cls`` (rotation logits);
-    3. supervised ``L_sup(seg_l, y) + tf_weight L_sup(seg_tf_l, y)``; consistency ``mean((softmax(seg_u) -
-       softmax(seg_tf_u))^2)`` weighted by ``engine.state.consistency_weight`` (:class:`~semiseg.handlers.
-       ConsistencyRampUp`, ``0.1 sigmoid_rampup(step // 100, 40)``); rotation ``cls_weight CE(cls, k)`` on all crops;
+    3. supervised ``L_sup(seg_l, y) + tf_weight L_sup(seg_tf_l, y)`` on the labelled crops only, ``L_sup`` the
+       reference's ``0.5 Dice + 0.5 CE`` with class weights ``[0, 1, ..., 1]`` on the Dice
+       (:class:`~semiseg.losses.ClassWeightedDiceCELoss`); consistency ``mean((softmax(seg_u) - softmax(seg_tf_u))^2)``
+       on the unlabelled crops only, weighted by ``engine.state.consistency_weight`` (:class:`~semiseg.handlers.
+       ConsistencyRampUp`; the comparison config: ``0.01 sigmoid_rampup(step // 100, 100)`` over 10000 steps);
+       rotation ``cls_weight CE(cls, k)`` on all crops;
     4. when ``engine.state.contrast_weight`` > 0 (a :class:`~semiseg.handlers.RampScheduler` that is 0 up to step
-       1000): pseudo-labels of the decoders' mean prediction with voxels above ``engine.state.uncertainty_threshold``
-       removed (:func:`certain_pseudo_labels`), the labels on the labelled crops, are resized (nearest) to the
-       embeddings; anchors (:func:`~semiseg.losses.contrastive.sample_anchors`, hard/easy by the CNN decoder's
-       prediction) are contrasted with the memory queues (:func:`~semiseg.losses.contrastive.pixel_contrastive_loss`),
-       then the batch's keys (gathered from all ranks under ``torch.distributed``) are enqueued.
+       1000 of 10000 in the reference): pseudo-labels of the decoders' mean prediction with voxels above
+       ``engine.state.uncertainty_threshold`` removed (:func:`certain_pseudo_labels`), the labels on the labelled
+       crops, are resized (nearest) to the embeddings; anchors (:func:`~semiseg.losses.contrastive.sample_anchors`,
+       hard/easy by the CNN decoder's prediction) are contrasted with the memory queues
+       (:func:`~semiseg.losses.contrastive.pixel_contrastive_loss`), then the batch's keys (gathered from all ranks
+       under ``torch.distributed``) are enqueued.
 
     The queues are the method's state (``_state_attrs``, in the checkpoint as ``"method": "@method"``): per class, a
     segment queue of mean embeddings (one per image and class) and a voxel queue (``pixel_update_freq`` voxels per
@@ -147,15 +152,18 @@ class UGPCLMethod(SSLMethod):
     checkpointed), so that all ranks, which enqueue the same gathered keys, keep equal queues.
 
     Args:
-        supervised_loss: see :class:`SSLMethod` (SSL4MIS ``0.5 (CE + Dice)``).
+        supervised_loss: the loss of one decoder's labelled logits; default the reference's ``0.5 Dice + 0.5 CE``
+            without the background in the Dice (``ClassWeightedDiceCELoss([0, 1, ..., 1])``).
         num_classes: classes (queues per class).
-        tf_weight: weight of the transformer decoder's supervised loss (0.4).
+        tf_weight: weight of the transformer decoder's supervised loss (0.4, the reference's ``tf_decoder_weight``).
         cls_weight: weight of the rotation classification loss (0.1).
-        temperature: contrastive temperature (0.1).
+        temperature: contrastive temperature (0.07, ``configs/_trainers/ugpcl.yaml``; the trainer's own default is
+            0.1).
         base_temperature: contrastive base temperature (0.07).
         max_samples: anchor budget per iteration (1024).
         max_views: anchors per image and class at most (1, the reference trainer's value).
-        memory_size: queue length per class (100).
+        memory_size: queue length per class (500, the comparison config; ``_trainers/ugpcl.yaml`` 2000, the
+            trainer's own default 100).
         pixel_update_freq: voxels per image and class added to the voxel queue at each update (10).
         embed_dim: embedding dimension (256).
         contrast_queue: ``"segment"`` (reference), ``"pixel"`` or ``"both"``.
@@ -175,17 +183,19 @@ class UGPCLMethod(SSLMethod):
         num_classes: int = 3,
         tf_weight: float = 0.4,
         cls_weight: float = 0.1,
-        temperature: float = 0.1,
+        temperature: float = 0.07,
         base_temperature: float = 0.07,
         max_samples: int = 1024,
         max_views: int = 1,
-        memory_size: int = 100,
+        memory_size: int = 500,
         pixel_update_freq: int = 10,
         embed_dim: int = 256,
         contrast_queue: str = "segment",
         rotation_jitter: float = 20.0,
         queue_seed: int = 0,
     ) -> None:
+        if supervised_loss is None and int(num_classes) == num_classes and num_classes >= 2:
+            supervised_loss = ClassWeightedDiceCELoss([0.0] + [1.0] * (int(num_classes) - 1))
         super().__init__(supervised_loss)
         if contrast_queue not in CONTRAST_QUEUES:
             raise ValueError(f"contrast_queue must be one of {CONTRAST_QUEUES}, got {contrast_queue!r}.")

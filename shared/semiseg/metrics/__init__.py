@@ -12,7 +12,7 @@ from .distance import (
     structure_misses,
     voxel_spacing_mm,
 )
-from .layer_agreement import area_under_agreement, aula, layer_agreement
+from .layer_agreement import area_under_agreement, aula, aula_per_class, layer_agreement
 
 __all__ = [
     "MillimetreHausdorffDistanceMetric",
@@ -20,6 +20,7 @@ __all__ = [
     "MissedStructureMetric",
     "area_under_agreement",
     "aula",
+    "aula_per_class",
     "batch_spacing_mm",
     "layer_agreement",
     "miss_penalty_mm",

@@ -1,11 +1,14 @@
-"""Layer Ensembles: a segmentation head on every intermediate block of a network, attached with forward hooks.
+"""Layer Ensembles: segmentation heads on the encoder side of a network, attached with forward hooks.
 
 Kushibar et al., "Layer Ensembles: A Single-Pass Uncertainty Estimation in Deep Learning for Segmentation", MICCAI
-2022, Sec. 2 (reference code ``pianoza/LayerEnsembles``, ``methods/layer_ensembles.py``): the outputs of chosen
-blocks are caught with forward hooks, each goes through a small segmentation head (a convolution to the class
-logits, then upsampling to the input size) and the heads, with the network's own output as the deepest member,
-form an ensemble from one forward pass. The wrapped network's code is not changed; its state dict sits under
-``network.`` and the heads under ``heads.``. See docs/architecture.md §3.
+2022, Sec. 2 (reference code ``pianoza/LayerEnsembles@e5a4a88``, ``methods/layer_ensembles.py`` and
+``methods/commons.py``): the outputs of chosen blocks are caught with forward hooks, each goes through a small
+segmentation head (a convolution to the class logits, then upsampling to the input size) and the heads, with the
+network's own output as the deepest member, form an ensemble from one forward pass. The reference hooks the modules
+named ``relu`` of its ResNet-18 encoder (the stem and the 8 residual blocks: 9 heads, 10 members with the decoder's
+output); for MONAI's ``UNet`` the analogue is every sub-unit and every level of the encoder
+(:func:`unet_encoder_blocks`: 8 heads, 9 members). The wrapped network's code is not changed; its state dict sits
+under ``network.`` and the heads under ``heads.``. See docs/architecture.md §3.
 
 Self-contained: imports only torch, MONAI and the standard library, so ``scripts/package_bundles.py`` can ship this
 file inside a bundle zip for inference without semiseg installed.
@@ -18,33 +21,22 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import ResidualUnit
 from monai.networks.layers import Conv
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 
-__all__ = ["OUTPUT_MODES", "LayerEnsembles", "ensemble_log_probs", "unet_blocks"]
+__all__ = [
+    "LAYER_PRESETS", "OUTPUT_MODES", "LayerEnsembles", "ensemble_log_probs", "unet_blocks", "unet_encoder_blocks"
+]
 
 OUTPUT_MODES = ("ensemble", "heads")
+LAYER_PRESETS = ("encoder", "all_blocks")  # MONAI UNet: unet_encoder_blocks (the reference's), unet_blocks (0.1.0's)
 
 
-def unet_blocks(network: UNet) -> list[str]:
-    """The intermediate blocks of MONAI's ``UNet`` (the bundles' network), in the order the forward pass runs them.
-
-    MONAI builds the UNet recursively as ``Sequential(down, SkipConnection(inner), up)``; the blocks are every
-    ``down``, the bottom block and every ``up`` except the outermost one, whose output is the network's own logits
-    (the ensemble's deepest member). The bundles' 4-level UNet has 6: three encoder blocks, the bottom, two decoder
-    blocks.
-
-    Args:
-        network: a MONAI ``UNet`` (or subclass keeping its ``model`` layout).
-
-    Returns:
-        Module names for :class:`LayerEnsembles`, e.g. ``["model.0", "model.1.submodule.0", ...]``.
-
-    Raises:
-        ValueError: if ``network.model`` does not have the ``Sequential(down, SkipConnection, up)`` layout.
-    """
+def _unet_levels(network: UNet) -> tuple[list[str], list[str], str]:
+    """MONAI ``UNet``'s down blocks, up blocks (outermost first) and bottom block, by module name."""
     downs: list[str] = []
     ups: list[str] = []
     prefix, block = "model", getattr(network, "model", None)
@@ -57,7 +49,59 @@ def unet_blocks(network: UNet) -> list[str]:
             f"{type(network).__name__}.model is not MONAI UNet's Sequential(down, SkipConnection, up): pass the "
             "block names to LayerEnsembles(layers=[...])."
         )
-    return [*downs, prefix, *reversed(ups[1:])]
+    return downs, ups, prefix
+
+
+def unet_encoder_blocks(network: UNet) -> list[str]:
+    """The encoder side of MONAI's ``UNet``: every sub-unit and every level, in the order the forward pass runs them.
+
+    The reference attaches its heads to the encoder only, after every residual block of its ResNet-18 (two per
+    level) and the stem (``pianoza/LayerEnsembles@e5a4a88`` ``methods/commons.py`` lines 29-36, the modules named
+    ``relu``). MONAI's ``UNet`` has one ``ResidualUnit`` per level (``num_res_units=1``); its encoder levels are the
+    down blocks and the bottom block. The heads go on each level's sub-units (``<level>.conv.unit<i>``: convolution,
+    norm, dropout, activation, before the residual sum) and on the level itself (after the residual sum), so the
+    bundles' 4-level UNet gets 8 heads: two at each of 1/2, 1/4, 1/8 of the input and two on the bottom, the
+    network's own output the 9th member. A level without sub-units (``num_res_units=0``) gets one head.
+
+    Args:
+        network: a MONAI ``UNet`` (or subclass keeping its ``model`` layout).
+
+    Returns:
+        Module names for :class:`LayerEnsembles`, shallowest first.
+
+    Raises:
+        ValueError: if ``network.model`` does not have the ``Sequential(down, SkipConnection, up)`` layout.
+    """
+    downs, _, bottom = _unet_levels(network)
+    names: list[str] = []
+    for level in [*downs, bottom]:
+        module = network.get_submodule(level)
+        if isinstance(module, ResidualUnit):
+            names += [f"{level}.conv.{child}" for child, _ in module.conv.named_children()]
+        names.append(level)
+    return names
+
+
+def unet_blocks(network: UNet) -> list[str]:
+    """Every intermediate block of MONAI's ``UNet``, encoder and decoder, in the order the forward pass runs them.
+
+    The heads of the layer_ensembles bundle 0.1.0 (``layers="all_blocks"``; the reference puts them on the encoder
+    only, :func:`unet_encoder_blocks`). MONAI builds the UNet recursively as ``Sequential(down, SkipConnection(inner),
+    up)``; the blocks are every ``down``, the bottom block and every ``up`` except the outermost one, whose output is
+    the network's own logits (the ensemble's deepest member). The bundles' 4-level UNet has 6: three encoder blocks,
+    the bottom, two decoder blocks.
+
+    Args:
+        network: a MONAI ``UNet`` (or subclass keeping its ``model`` layout).
+
+    Returns:
+        Module names for :class:`LayerEnsembles`, e.g. ``["model.0", "model.1.submodule.0", ...]``.
+
+    Raises:
+        ValueError: if ``network.model`` does not have the ``Sequential(down, SkipConnection, up)`` layout.
+    """
+    downs, ups, bottom = _unet_levels(network)
+    return [*downs, bottom, *reversed(ups[1:])]
 
 
 def ensemble_log_probs(head_logits: Sequence[torch.Tensor], skip_first: int = 0) -> torch.Tensor:
@@ -86,14 +130,15 @@ def ensemble_log_probs(head_logits: Sequence[torch.Tensor], skip_first: int = 0)
 
 
 class LayerEnsembles(nn.Module):
-    """Wrap a segmentation network with one head per intermediate block (Kushibar et al., MICCAI 2022).
+    """Wrap a segmentation network with one head per chosen block (Kushibar et al., MICCAI 2022).
 
     The blocks' outputs are caught by forward hooks, registered for the duration of each forward pass (so a deep
     copy, an EMA teacher, pickling and ``DistributedDataParallel`` need nothing special). Each head is a
-    ``head_kernel_size`` convolution from the block's channels to the classes, followed by trilinear (bilinear in
-    2-D) upsampling to the output size, ``align_corners=False``; the network's own output is the last, deepest
-    member. Head channels are found by one probe forward pass on zeros when the wrapper is built (eval mode,
-    no gradient, no random numbers drawn, the training flag restored).
+    ``head_kernel_size`` convolution from the block's channels to the classes at the block's resolution, followed by
+    trilinear (bilinear in 2-D) upsampling to the output size with ``align_corners=True`` (the reference's
+    ``SegmentationHead``: a 3x3 convolution, then ``UpsamplingBilinear2d``, ``methods/layer_ensembles.py`` lines
+    42-48); the network's own output is the last, deepest member. Head channels are found by one probe forward pass
+    on zeros when the wrapper is built (eval mode, no gradient, no random numbers drawn, the training flag restored).
 
     * Training mode: the list of ``num_outputs`` logits ``(B, C, *spatial)``, shallowest first, the network's
       output last (every head is trained; skipping applies at test time only).
@@ -112,27 +157,30 @@ class LayerEnsembles(nn.Module):
     Args:
         network: the segmentation network (logits out), unchanged.
         layers: names of the blocks to put heads on (``network.named_modules()`` names), any order (they are sorted
-            by when the forward pass runs them); ``None`` finds them for MONAI's ``UNet`` (:func:`unet_blocks`).
-        skip_first: heads left out of the ensemble at test time, shallowest first (the paper's "skipping"), at most
-            ``num_outputs - 1``.
-        head_kernel_size: the heads' convolution kernel (odd; 1: a 1x1x1 convolution).
+            by when the forward pass runs them), or for MONAI's ``UNet`` a preset: ``"encoder"`` (default, the
+            reference's placement, :func:`unet_encoder_blocks`) or ``"all_blocks"`` (encoder and decoder blocks,
+            bundle 0.1.0's, :func:`unet_blocks`); ``None`` is ``"encoder"``.
+        skip_first: heads left out of the ensemble at test time, shallowest first (the paper's "skipping"; the
+            reference's ``SKIP_FIRST_T`` is 3 of its 10 members), at most ``num_outputs - 1``.
+        head_kernel_size: the heads' convolution kernel (odd; 3, the reference's; 1: a 1x1x1 convolution).
         in_channels: image channels for the probe; default ``network.in_channels``.
         spatial_dims: 2 or 3; default ``network.dimensions`` (MONAI) or 3.
         probe_size: spatial size of the probe input (a size the network accepts).
         output: ``"ensemble"`` or ``"heads"`` (eval mode; see above, and :meth:`set_output`).
 
     Raises:
-        ValueError: on an unknown or repeated layer name, a layer the probe pass does not run exactly once or whose
-            output is not a ``(B, C, *spatial)`` tensor, ``skip_first`` out of range, an even kernel, an unknown
-            ``output``, or a network whose ``in_channels`` is unknown.
+        ValueError: on an unknown or repeated layer name or preset, a preset for a network that is not MONAI's
+            ``UNet``, a layer the probe pass does not run exactly once or whose output is not a ``(B, C, *spatial)``
+            tensor, ``skip_first`` out of range, an even kernel, an unknown ``output``, or a network whose
+            ``in_channels`` is unknown.
     """
 
     def __init__(
         self,
         network: nn.Module,
-        layers: Sequence[str] | None = None,
+        layers: Sequence[str] | str | None = "encoder",
         skip_first: int = 0,
-        head_kernel_size: int = 1,
+        head_kernel_size: int = 3,
         in_channels: int | None = None,
         spatial_dims: int | None = None,
         probe_size: int | Sequence[int] = 32,
@@ -140,13 +188,17 @@ class LayerEnsembles(nn.Module):
     ) -> None:
         super().__init__()
         self.network = network
-        if layers is None:
+        if layers is None or isinstance(layers, str):
+            preset = "encoder" if layers is None else layers
+            if preset not in LAYER_PRESETS:
+                raise ValueError(f"LayerEnsembles layers must be one of {LAYER_PRESETS} or a list of module names, "
+                                 f"got {preset!r}.")
             if not isinstance(network, UNet):
                 raise ValueError(
                     f"LayerEnsembles finds the blocks of MONAI's UNet by itself; for a {type(network).__name__} "
                     "pass layers=[module names] (see network.named_modules())."
                 )
-            layers = unet_blocks(network)
+            layers = unet_encoder_blocks(network) if preset == "encoder" else unet_blocks(network)
         names = dict(network.named_modules())
         unknown = [name for name in layers if name not in names or name == ""]
         if unknown or len(set(layers)) != len(layers):
@@ -248,7 +300,7 @@ class LayerEnsembles(nn.Module):
         for i in range(first, len(self.layers)):
             if i not in features:
                 raise RuntimeError(f"LayerEnsembles layer {self.layers[i]!r} did not run in this forward pass.")
-            logits.append(F.interpolate(self.heads[i](features[i]), size=size, mode=self._mode, align_corners=False))
+            logits.append(F.interpolate(self.heads[i](features[i]), size=size, mode=self._mode, align_corners=True))
         return [*logits, final]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]

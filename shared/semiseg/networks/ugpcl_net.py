@@ -12,8 +12,12 @@ Wang et al., "Uncertainty-Guided Pixel Contrastive Learning for Semi-Supervised 
   reduced by a linear layer and passed through a stage of MONAI's 3D ``SwinTransformerBlock`` (shifted windows,
   relative position bias, no absolute position embedding so that any crop size works); a final x4 transposed
   convolution with LayerNorm (``FinalPatchExpand_X4``) and a 1x1x1 convolution give the logits;
-* projection head on the encoder level at 1/4 of the input size (the reference's ``features[-3]``: third from the
-  bottom): 1x1x1 conv, BatchNorm, ReLU, 1x1x1 conv to ``embed_dim`` (256), L2-normalised per voxel;
+* projection head on the encoder level at 1/4 of the input size, the third level from the bottom as the
+  reference's ``features[-3]``, which is at 1/8 of its 2-D input (ResNet-50 has one downsampling more): 1x1x1 conv,
+  BatchNorm, ReLU, 1x1x1 conv to ``embed_dim`` (256), L2-normalised per voxel. Kept at 1/4 in 3-D: a 224 x 224
+  slice gives 784 embeddings at 1/8, a 48^3 crop 216 (1728 at 1/4), and the demo's lesions shrink to a median of
+  2.5 voxels per crop at 1/8 (20 at 1/4; 160 foreground-balanced 48^3 crops of the demo's training labels, nearest
+  downsampling), too few for anchors of that class;
 * rotation-classification head on the deepest encoder level: global average pooling and a linear layer to 4
   classes (rotations by ``k * 90`` degrees).
 
@@ -233,7 +237,7 @@ class UGPCLNet(BasicUNet):
         ValueError: if ``features`` does not have 6 entries, or ``embed_dim`` / ``num_rotations`` < 1.
     """
 
-    EMBED_LEVEL = 2  # encoder level of the projection head: 1/4 of the input size (the reference's features[-3])
+    EMBED_LEVEL = 2  # the projection head's encoder level: 1/4 of the input (third from the bottom, as features[-3])
     TF_FIRST_LEVEL = 2  # the transformer decoder uses the encoder levels from 1/4 down, as the reference does
 
     def __init__(
