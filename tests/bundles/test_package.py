@@ -221,3 +221,30 @@ def test_cli_ships_weights_or_refuses_without_an_explicit_flag(tmp_path: Path, c
     assert f"(with weights {weights_dir / 'mean_teacher' / 'models' / 'model.pt'}" in capsys.readouterr().out
     with zipfile.ZipFile(zip_path) as zf:
         assert "mean_teacher/models/model.pt" in zf.namelist()
+
+
+def test_cli_without_names_packages_every_bundle_with_weights_and_lists_the_skipped(tmp_path: Path, capsys) -> None:
+    from tests.bundles.conftest import BUNDLES
+
+    weights_dir, out = tmp_path / "results", tmp_path / "dist"
+    argv = ["--out", str(out), "--weights-from", str(weights_dir)]
+    with pytest.raises(SystemExit) as info:  # none has weights: the one failure, saying how to pack one bundle
+        package_bundles.main(argv)
+    message = str(info.value.code)
+    assert message.startswith(f"package_bundles: no bundle has trained weights (models/model.pt under {weights_dir})")
+    assert "make package PACKAGE_ARGS=<name>" in message and "\n" not in message and not out.exists()
+
+    for name in ("mean_teacher", "cps"):
+        (weights_dir / name / "models").mkdir(parents=True)
+        torch.save({}, weights_dir / name / "models" / "model.pt")
+    package_bundles.main(argv)
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == ["cps_v0.1.0.zip", "mean_teacher_v0.1.0.zip"]
+    skipped = [name for name in BUNDLES if name not in ("mean_teacher", "cps")]
+    assert lines[-1] == (f"skipped {len(skipped)} bundles without trained weights (models/model.pt under "
+                         f"{weights_dir}): {', '.join(skipped)}")
+    assert len(lines) == 3 and all("with weights" in line for line in lines[:2])
+
+    with pytest.raises(SystemExit) as info:  # a bundle named on the command line must have weights
+        package_bundles.main(["supervised", *argv])
+    assert str(info.value.code).endswith("; bundles with weights: cps, mean_teacher")
