@@ -81,6 +81,25 @@ def test_download_and_infer_without_semiseg(tiny_demo: Path, tmp_path: Path) -> 
     _infer_without_semiseg(bundle, tiny_demo, tmp_path)
 
 
+def test_load_bundle_config_reads_the_downloaded_bundle(tmp_path: Path, monkeypatch) -> None:
+    """The documented call (bundle READMEs, MONAI Bundle Commands): MONAI's ``load_bundle_config`` on the folder
+    ``download`` writes. On the zip itself it looks for ``<zip stem>/configs/metadata.json``, i.e.
+    ``mean_teacher_v0.1.0/...``, while model-zoo zips (ours) hold ``mean_teacher/``: that call fails."""
+    from monai.bundle import load_bundle_config
+
+    zip_path = package_bundles.package_bundle(REPO / "bundles" / "mean_teacher", tmp_path / "dist")
+    download(name="mean_teacher", url=zip_path.as_uri(), bundle_dir=str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path / "hub" / "mean_teacher")
+    parser = load_bundle_config(".", "inference.json")
+    metadata = json.loads(Path(config("mean_teacher", "metadata.json")).read_text())
+    with zipfile.ZipFile(zip_path) as zf:
+        zipped = json.loads(zf.read("mean_teacher/configs/inference.json"))
+    assert parser["_meta_#version"] == metadata["version"] and parser["_meta_#name"] == metadata["name"]
+    assert parser["network_def"] == zipped["network_def"] and parser["output_dir"] == zipped["output_dir"]
+    with pytest.raises(KeyError, match="mean_teacher_v0.1.0/extra/metadata.json"):
+        load_bundle_config(str(zip_path), "inference.json")
+
+
 @pytest.mark.parametrize(
     ("network_def", "imports", "module"),
     [
