@@ -97,6 +97,17 @@ def test_prepare_checkpoint_dir_refuses_to_replace_trained_weights(tmp_path) -> 
     assert (ckpt / "model.pt").read_bytes() == b"weights"
 
 
+def test_the_refusal_on_an_init_from_run_says_overwrite_trains_from_those_weights(tmp_path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    with pytest.raises(FileExistsError) as info:
+        prepare_checkpoint_dir(tmp_path, init_from="bundles/supervised/models/model.pt")
+    message = str(info.value)
+    assert "--overwrite true to train again from --init_from bundles/supervised/models/model.pt and replace it" in (
+        message) and "from scratch" not in message and "\n" not in message
+    with pytest.raises(FileExistsError, match="--overwrite true to train from scratch and replace it"):
+        prepare_checkpoint_dir(tmp_path, init_from=None)
+
+
 def test_setting_flag_reads_command_line_booleans() -> None:
     assert [setting_flag(v, "resume") for v in (True, "true", "TRUE", "1", 1, "yes")] == [True] * 6
     assert [setting_flag(v, "resume") for v in (False, "false", "False", "0", 0, "no")] == [False] * 6

@@ -71,6 +71,7 @@ def prepare_checkpoint_dir(
     overwrite: Any = False,
     final_filename: str = "model.pt",
     checkpoint_filename: str = "checkpoint.pt",
+    init_from: Any = None,
 ) -> bool:
     """Create ``ckpt_dir`` and check that this training run may write into it.
 
@@ -83,6 +84,7 @@ def prepare_checkpoint_dir(
         overwrite: bundle setting ``overwrite`` (train from scratch over an existing ``final_filename``).
         final_filename: the weights a completed run writes.
         checkpoint_filename: the full training state ``resume`` loads.
+        init_from: bundle setting ``init_from`` (the weights a fresh run starts from), named in the refusal.
 
     Returns:
         ``resume`` as a bool (see :func:`setting_flag`).
@@ -105,8 +107,9 @@ def prepare_checkpoint_dir(
     elif final.exists() and not overwrite:
         raise FileExistsError(
             f"{final} exists: this training run would replace those weights. Pass --resume true to continue "
-            f"training from {checkpoint}, or --overwrite true to train from scratch and replace it (or choose "
-            "another --ckpt_dir)."
+            f"training from {checkpoint}, or --overwrite true to train "
+            + ("from scratch" if init_from in (None, "") else f"again from --init_from {init_from}")
+            + " and replace it (or choose another --ckpt_dir)."
         )
     return resume
 

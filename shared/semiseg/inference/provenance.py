@@ -67,6 +67,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask (which can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 SHIPPED = "the bundle's scripts/ (no semiseg installed)"
 
 
@@ -162,12 +169,15 @@ class ProvenanceWriter:
         self.write()
 
     def write(self) -> None:
-        """Write the record atomically (temporary file in the output folder, then ``os.replace``)."""
+        """Write the record atomically (temporary file in the output folder, then ``os.replace``), readable as the
+        outputs beside it are: mode ``0o666`` less the process umask (0644 under the usual umask 022), not the
+        ``0o600`` of a temporary file."""
         folder = os.path.dirname(self.path) or "."
         os.makedirs(folder, exist_ok=True)
         text = json.dumps(self.record, indent=2, default=str) + "\n"
         fd, tmp = tempfile.mkstemp(prefix=".provenance-", suffix=".json", dir=folder)
         try:
+            os.chmod(tmp, _new_file_mode())
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
             os.replace(tmp, self.path)
