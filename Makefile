@@ -78,10 +78,11 @@ $(LABEL_STAMP): pyproject.toml constraints-label.txt
 
 label-install: $(LABEL_STAMP)
 
+# The server replaces the recipe's shell (exec), so the SIGTERM make passes to its child reaches it and stops it.
 label: $(LABEL_STAMP)
 	@test -d $(STUDIES) || $(LABEL_PY) scripts/monailabel_app/make_studies.py $(STUDIES)
-	PATH=$(CURDIR)/$(LABEL_VENV)/bin:$$PATH $(LABEL_PY) -m monailabel.main start_server --app scripts/monailabel_app \
-		--studies $(STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) $(LABEL_CONF)
+	export PATH=$(abspath $(LABEL_VENV))/bin:$$PATH; exec $(LABEL_PY) -m monailabel.main start_server \
+		--app scripts/monailabel_app --studies $(STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) $(LABEL_CONF)
 
 label-test: $(LABEL_STAMP)
 	OMP_NUM_THREADS=2 $(LABEL_PY) -m pytest -v -p no:cacheprovider tests/monailabel/monailabel_integration.py
