@@ -53,8 +53,8 @@ else
 	$(PY) scripts/bench/bench_loader.py --sizes 20 200 2000
 endif
 
-# Ships trained weights (results/demo/<m> from `make demo`, or bundles/<m>/models) or refuses;
-# PACKAGE_ARGS=--allow-no-weights packages without them.
+# Packs every bundle with trained weights (results/demo/<m> from `make demo`, or bundles/<m>/models) and lists the
+# ones skipped; fails only when none has. PACKAGE_ARGS=mean_teacher packs one; --allow-no-weights packs without.
 package: $(STAMP)
 	$(PY) scripts/package_bundles.py $(PACKAGE_ARGS)
 
@@ -78,10 +78,11 @@ $(LABEL_STAMP): pyproject.toml constraints-label.txt
 
 label-install: $(LABEL_STAMP)
 
+# The server replaces the recipe's shell (exec), so the SIGTERM make passes to its child reaches it and stops it.
 label: $(LABEL_STAMP)
 	@test -d $(STUDIES) || $(LABEL_PY) scripts/monailabel_app/make_studies.py $(STUDIES)
-	PATH=$(CURDIR)/$(LABEL_VENV)/bin:$$PATH $(LABEL_PY) -m monailabel.main start_server --app scripts/monailabel_app \
-		--studies $(STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) $(LABEL_CONF)
+	export PATH=$(abspath $(LABEL_VENV))/bin:$$PATH; exec $(LABEL_PY) -m monailabel.main start_server \
+		--app scripts/monailabel_app --studies $(STUDIES) --host $(LABEL_HOST) --port $(LABEL_PORT) $(LABEL_CONF)
 
 label-test: $(LABEL_STAMP)
 	OMP_NUM_THREADS=2 $(LABEL_PY) -m pytest -v -p no:cacheprovider tests/monailabel/monailabel_integration.py

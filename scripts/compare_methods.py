@@ -18,6 +18,20 @@ recorded settings equal the ones this command would give it, and otherwise stops
 ``--eval-set ID=VALUE ...`` also evaluates each run's student with those evaluate overrides (e.g.
 ``overlap=0.5 blend_mode=constant``), as a role of its own (``student[overlap=0.5,blend_mode=constant]``), so
 evaluation settings are compared on the same weights.
+
+Figures (``scripts/compare_figures.py``: Dice per method and seed with the supervised baseline, paired differences,
+cost per iteration against gain; each PNG with its plotted values as JSON), a step of its own that trains nothing:
+
+    # from finished runs, several --out folders combined; LABEL=DIR names the one variant of a control's folder
+    python scripts/compare_methods.py --figures-from results/compare results/compare_new \
+        supervised@ugpcl=results/compare_ugpcl_backbone --figures-out results/figures
+    # the committed figures, again, from the committed numbers
+    python scripts/compare_methods.py --figures-from docs/figures/results.json
+
+From folders it writes ``results.json`` (every variant's per-seed Dice and paired differences) beside the figures;
+from a ``results.json`` it redraws that file's figures in its folder. The cost is the benchmark's time per iteration
+relative to ``supervised`` (``--figure-cost``: docs/figures/cost_per_iteration.json, the CPU table of
+docs/benchmarks.md, or a ``scripts/bench/bench_methods.py`` JSON), never wall times.
 """
 
 from __future__ import annotations
@@ -39,6 +53,9 @@ sys.path.insert(0, str(REPO / "shared"))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+import compare_figures  # noqa: E402
+
 from semiseg.bundle import run_bundle  # noqa: E402
 from semiseg.data.demo import SCENARIOS, make_scenario  # noqa: E402
 from semiseg.reporting import read_metric_csvs  # noqa: E402
@@ -48,6 +65,7 @@ CLASSES = ("organ", "lesion")
 DEMO = REPO / "data" / "demo"
 SCENARIO_DATA = {"default": DEMO, "two_site": REPO / "data" / "demo_two_site"}
 """Each demo scenario's data folder (``scripts/make_demo_data.py --scenario``), generated when missing."""
+FIGURES_DIR = REPO / "docs" / "figures"  # the committed figures, their results.json and cost table
 RUN_FILE = "run.json"  # one finished run's metrics and wall times, in its folder
 BINARY_CLASSES = ("foreground",)
 # The demo as a binary task (foreground = organ including its lesions): what the bpl bundle trains by default, and
@@ -311,6 +329,48 @@ def table(runs: list[dict], variants: list[str], classes: tuple[str, ...] = CLAS
     return "\n".join(lines) + "\n"
 
 
+def figures(sources: list[str], out: Path | None, cost_file: Path, roles_: list[str]) -> list[Path]:
+    """The ``--figures-from`` step: results.json from finished run folders (or a results.json as it is), then the
+    figures (:func:`compare_figures.write_figures`).
+
+    Args:
+        sources: run folders (``--out`` of earlier commands, ``LABEL=DIR`` to name a folder's one variant), or one
+            ``results.json``.
+        out: where the figures go (default: the results.json's folder, else ``<first folder>/figures``).
+        cost_file: the cost table (:func:`compare_figures.read_cost`).
+        roles_: the weights plotted per variant.
+
+    Returns:
+        The PNG paths.
+
+    Raises:
+        ValueError: for a results.json given with other sources, or a source that does not exist.
+    """
+    files = [s for s in sources if s.endswith(".json")]
+    if files:
+        if len(sources) != 1:
+            raise ValueError(f"--figures-from takes one results.json alone or run folders, got {sources}")
+        results_file = Path(files[0])
+        results = json.loads(results_file.read_text())
+        out = out or results_file.parent
+    else:
+        pairs: list[tuple[str | None, Path]] = []
+        for source in sources:
+            label, _, folder = source.rpartition("=") if "=" in source else (None, "", source)
+            if not Path(folder).is_dir():
+                raise ValueError(f"--figures-from {source}: no such folder")
+            pairs.append((label or None, Path(folder)))
+        command = " ".join(["python", "scripts/compare_methods.py", *sys.argv[1:]])
+        results = compare_figures.results_from_runs(pairs, roles_, command=command)
+        out = out or pairs[0][1] / "figures"
+        out.mkdir(parents=True, exist_ok=True)
+        results_file = out / compare_figures.RESULTS_FILE
+        results_file.write_text(json.dumps(results, indent=1) + "\n")
+    cost = compare_figures.read_cost(cost_file)
+    drawn_from = results_file.name if results_file.parent.resolve() == Path(out).resolve() else str(results_file)
+    return compare_figures.write_figures(results, cost, Path(out), drawn_from=drawn_from)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["supervised", "mean_teacher"],
@@ -335,7 +395,25 @@ def main() -> None:
                              " since are made) and run only the others")
     parser.add_argument("--summarize-only", action="store_true",
                         help="train nothing: tabulate the runs already finished under --out")
+    parser.add_argument("--figures-from", nargs="+", metavar="DIR|LABEL=DIR|results.json",
+                        help="train nothing: draw the figures from finished run folders (their compare.json; "
+                             "LABEL=DIR names a folder's one variant) or from one results.json")
+    parser.add_argument("--figures-out", type=Path, default=None,
+                        help="where --figures-from writes (default: the results.json's folder, else "
+                             "<first folder>/figures)")
+    parser.add_argument("--figure-cost", type=Path, default=FIGURES_DIR / compare_figures.COST_FILE,
+                        help="time per iteration relative to supervised: the committed CPU table of "
+                             "docs/benchmarks.md or a bench_methods.py JSON")
+    parser.add_argument("--figure-roles", nargs="+", default=["student"],
+                        help="which weights --figures-from plots per variant (student, teacher, ...)")
     args = parser.parse_args()
+    if args.figures_from:
+        try:
+            written = figures(args.figures_from, args.figures_out, args.figure_cost, args.figure_roles)
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
+        print("\n".join(str(p) for p in written))
+        return
     for variant in args.variants:
         bundle, configs = _configs(variant)
         missing = [c for c in configs if not (REPO / "bundles" / bundle / "configs" / c).is_file()]

@@ -16,9 +16,11 @@ torch (``bundle_root`` resolves to ``.`` outside the repo, and ``monai.bundle ru
 ``sys.path``, which is how model-zoo bundles import their ``scripts``).
 
 Weights: the command line ships ``<weights-from>/<name>/models/model.pt`` (default ``results/demo``, what ``make
-demo`` writes), else the bundle's own ``bundles/<name>/models/model.pt`` (a training run from the repository), and
-refuses to package a bundle without either unless ``--allow-no-weights`` is given; such a zip's inference stops in
-one line saying that there are no trained weights (``semiseg.bundle_checks.check_weights``, shipped in the zip).
+demo`` writes), else the bundle's own ``bundles/<name>/models/model.pt`` (a training run from the repository).
+Without bundle names it packages every bundle that has weights and lists the ones skipped, failing only when none
+has; a bundle named on the command line (``make package PACKAGE_ARGS=mean_teacher``) must have weights.
+``--allow-no-weights`` packages bundles without them too; such a zip's inference stops in one line saying that
+there are no trained weights (``semiseg.bundle_checks.check_weights``, shipped in the zip).
 
 Which code ships: every ``semiseg.`` reference in ``inference.json`` and in the overlays merged with it to change
 its network (``la.json``, ``reference_network.json``; ``_target_`` values and ``$`` expressions) is resolved to the
@@ -422,28 +424,47 @@ def find_weights(name: str, weights_from: Path | None) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _plan(names: list[str], named: bool, found: dict[str, Path | None], allow_no_weights: bool,
+          weights_from: Path | None) -> tuple[list[str], list[str]]:
+    """``(bundles to package, bundles skipped for want of weights)``; exits with one line when there is nothing
+    to package or a bundle named on the command line has no weights."""
+    missing = [name for name in names if found[name] is None]
+    if allow_no_weights or not missing:
+        return names, []
+    where = weights_from or "results/demo or bundles/<name>"
+    train = ("run `make demo` or train the bundle (python -m monai.bundle run training --config_file "
+             "bundles/<name>/configs/train.json)")
+    without = ("or pass --allow-no-weights (make package PACKAGE_ARGS=--allow-no-weights) to ship zips whose "
+               "inference stops with 'no trained weights'")
+    if named:
+        trained = [p.name for p in bundle_dirs(REPO / "bundles") if find_weights(p.name, weights_from) is not None]
+        others = f"; bundles with weights: {', '.join(trained)}" if trained else ""
+        sys.exit(f"package_bundles: no trained weights (models/model.pt under {where}) for {', '.join(missing)}: "
+                 f"{train}, {without}{others}")
+    trained = [name for name in names if found[name] is not None]
+    if not trained:
+        sys.exit(f"package_bundles: no bundle has trained weights (models/model.pt under {where}): {train}, then "
+                 f"`make package` packs every bundle with weights (one: make package PACKAGE_ARGS=<name>), {without}")
+    return trained, missing
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundles", nargs="*", help="bundle names (default: all under bundles/)")
+    parser.add_argument("bundles", nargs="*",
+                        help="bundle names, each of which must have weights (default: every bundle under bundles/ "
+                             "that has weights; the others are listed as skipped)")
     parser.add_argument("--out", type=Path, default=REPO / "dist")
     parser.add_argument("--weights-from", type=Path, default=None,
                         help="folder with <bundle>/models/model.pt to ship (default: results/demo, then the bundle's "
                              "own models/)")
     parser.add_argument("--allow-no-weights", action="store_true",
-                        help="package bundles without trained weights (their inference stops, saying so)")
+                        help="package bundles without trained weights too (their inference stops, saying so)")
     args = parser.parse_args(argv)
     names = args.bundles or [p.name for p in bundle_dirs(REPO / "bundles")]
     found = {name: find_weights(name, args.weights_from) for name in names}
-    missing = [name for name, weights in found.items() if weights is None]
-    if missing and not args.allow_no_weights:
-        where = args.weights_from or "results/demo or bundles/<name>"
-        sys.exit(
-            f"package_bundles: no trained weights (models/model.pt under {where}) for {', '.join(missing)}: run "
-            "`make demo` or train the bundle (python -m monai.bundle run training --config_file "
-            "bundles/<name>/configs/train.json), or pass --allow-no-weights (make package "
-            "PACKAGE_ARGS=--allow-no-weights) to ship zips whose inference stops with 'no trained weights'"
-        )
-    for name, weights in found.items():
+    packed, skipped = _plan(names, bool(args.bundles), found, args.allow_no_weights, args.weights_from)
+    for name in packed:
+        weights = found[name]
         try:
             target = package_bundle(REPO / "bundles" / name, args.out, weights)
         except (FileNotFoundError, ValueError) as err:
@@ -451,6 +472,10 @@ def main(argv: list[str] | None = None) -> None:
         note = f"with weights {weights}" if weights is not None else "WITHOUT weights (--allow-no-weights)"
         code = shipped_modules(target)
         print(f"{target} ({note}{'; ships ' + ', '.join(code) if code else ''})")
+    if skipped:
+        where = args.weights_from or "results/demo or bundles/<name>"
+        print(f"skipped {len(skipped)} bundle{'s' * (len(skipped) > 1)} without trained weights (models/model.pt "
+              f"under {where}): {', '.join(skipped)}")
 
 
 if __name__ == "__main__":

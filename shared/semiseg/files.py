@@ -27,6 +27,7 @@ __all__ = [
     "check_writable",
     "describe_os_error",
     "errno_name",
+    "new_file_mode",
     "process_alive",
     "temp_owner",
     "write_atomic",
@@ -144,6 +145,13 @@ def check_writable(folder: str | os.PathLike[str], what: str, create: bool = Tru
     ) from problem
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask (which can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(
     path: str | os.PathLike[str], data: bytes | bytearray | memoryview, temp_prefix: str, temp_suffix: str = ""
 ) -> None:
@@ -170,7 +178,7 @@ def write_atomic(
             view = memoryview(data).cast("B")
             while view:
                 view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from the group (results are shared)
+            os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would hide the file from the group (results are shared)
             os.fsync(fd)
         finally:
             os.close(fd)

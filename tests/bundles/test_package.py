@@ -81,6 +81,25 @@ def test_download_and_infer_without_semiseg(tiny_demo: Path, tmp_path: Path) -> 
     _infer_without_semiseg(bundle, tiny_demo, tmp_path)
 
 
+def test_load_bundle_config_reads_the_downloaded_bundle(tmp_path: Path, monkeypatch) -> None:
+    """The documented call (bundle READMEs, MONAI Bundle Commands): MONAI's ``load_bundle_config`` on the folder
+    ``download`` writes. On the zip itself it looks for ``<zip stem>/configs/metadata.json``, i.e.
+    ``mean_teacher_v<version>/...``, while model-zoo zips (ours) hold ``mean_teacher/``: that call fails."""
+    from monai.bundle import load_bundle_config
+
+    zip_path = package_bundles.package_bundle(REPO / "bundles" / "mean_teacher", tmp_path / "dist")
+    download(name="mean_teacher", url=zip_path.as_uri(), bundle_dir=str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path / "hub" / "mean_teacher")
+    parser = load_bundle_config(".", "inference.json")
+    metadata = json.loads(Path(config("mean_teacher", "metadata.json")).read_text())
+    with zipfile.ZipFile(zip_path) as zf:
+        zipped = json.loads(zf.read("mean_teacher/configs/inference.json"))
+    assert parser["_meta_#version"] == metadata["version"] and parser["_meta_#name"] == metadata["name"]
+    assert parser["network_def"] == zipped["network_def"] and parser["output_dir"] == zipped["output_dir"]
+    with pytest.raises(KeyError, match=f"mean_teacher_v{metadata['version']}/extra/metadata.json"):
+        load_bundle_config(str(zip_path), "inference.json")
+
+
 @pytest.mark.parametrize(
     ("network_def", "imports", "module"),
     [
@@ -238,3 +257,32 @@ def test_the_training_record_ships_beside_the_weights(tmp_path: Path) -> None:
         assert zf.read("supervised/models/model.json") == (weights.parent / "model.json").read_bytes()
         assert {"supervised/scripts/semiseg/inference/spacing.py",
                 "supervised/scripts/semiseg/inference/saving.py"} <= set(zf.namelist())
+
+
+def test_cli_without_names_packages_every_bundle_with_weights_and_lists_the_skipped(tmp_path: Path, capsys) -> None:
+    from tests.bundles.conftest import BUNDLES
+
+    weights_dir, out = tmp_path / "results", tmp_path / "dist"
+    argv = ["--out", str(out), "--weights-from", str(weights_dir)]
+    with pytest.raises(SystemExit) as info:  # none has weights: the one failure, saying how to pack one bundle
+        package_bundles.main(argv)
+    message = str(info.value.code)
+    assert message.startswith(f"package_bundles: no bundle has trained weights (models/model.pt under {weights_dir})")
+    assert "make package PACKAGE_ARGS=<name>" in message and "\n" not in message and not out.exists()
+
+    for name in ("mean_teacher", "cps"):
+        (weights_dir / name / "models").mkdir(parents=True)
+        torch.save({}, weights_dir / name / "models" / "model.pt")
+    package_bundles.main(argv)
+    lines = capsys.readouterr().out.splitlines()
+    versions = {n: json.loads((REPO / "bundles" / n / "configs" / "metadata.json").read_text())["version"]
+                for n in ("cps", "mean_teacher")}
+    assert sorted(p.name for p in out.iterdir()) == [f"{n}_v{v}.zip" for n, v in sorted(versions.items())]
+    skipped = [name for name in BUNDLES if name not in ("mean_teacher", "cps")]
+    assert lines[-1] == (f"skipped {len(skipped)} bundles without trained weights (models/model.pt under "
+                         f"{weights_dir}): {', '.join(skipped)}")
+    assert len(lines) == 3 and all("with weights" in line for line in lines[:2])
+
+    with pytest.raises(SystemExit) as info:  # a bundle named on the command line must have weights
+        package_bundles.main(["supervised", *argv])
+    assert str(info.value.code).endswith("; bundles with weights: cps, mean_teacher")

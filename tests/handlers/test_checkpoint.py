@@ -175,6 +175,17 @@ def test_a_fresh_run_refuses_where_any_file_of_an_earlier_run_is(tmp_path, name:
     assert (tmp_path / name).read_bytes() == b"an earlier run's file"
 
 
+def test_the_refusal_on_an_init_from_run_says_overwrite_trains_from_those_weights(tmp_path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    with pytest.raises(FileExistsError) as info:
+        prepare_checkpoint_dir(tmp_path, init_from="bundles/supervised/models/model.pt")
+    message = str(info.value)
+    assert "and train again from --init_from bundles/supervised/models/model.pt (or choose" in (
+        message) and "from scratch" not in message and "\n" not in message
+    with pytest.raises(FileExistsError, match="and train from scratch"):
+        prepare_checkpoint_dir(tmp_path, init_from=None)
+
+
 
 # which files each way a run ends writes -----------------------------------------------------------------------------
 

@@ -113,6 +113,20 @@ def test_an_unwritable_output_dir_fails_before_the_run(tmp_path: Path, monkeypat
         ProvenanceWriter(tmp_path / "out", checkpoint)
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_the_record_has_the_mode_of_a_new_file_under_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    checkpoint = tmp_path / "model.pt"
+    torch.save({}, checkpoint)
+    writer = ProvenanceWriter(tmp_path / "out", checkpoint)
+    previous = os.umask(umask)
+    try:
+        writer.write()
+        assert os.umask(umask) == umask  # the writer left the process umask as it found it
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out" / "provenance.json").stat().st_mode & 0o777 == mode
+
+
 def test_evaluate_writes_provenance_next_to_its_metrics(tiny_demo: Path, tmp_path: Path) -> None:
     model = _weights("supervised", tmp_path / "models" / "model.pt")
     run(config_file=[config("supervised", "train.json"), config("supervised", "evaluate.json")],

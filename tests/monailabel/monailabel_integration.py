@@ -8,15 +8,19 @@ One server on a free port on 127.0.0.1 over a temporary studies folder (48^3 dem
 3 without) and a temporary work folder, in which every bundle gets random initial weights so each can infer:
 
 - `/info/`: every bundle is a model and a trainer; the `uncertainty` strategy is listed;
-- `/infer/<bundle>?image=<id>` for every bundle: the label has the image's shape and class values only; the result
-  JSON describes the entropy map, which the datastore serves under the tag `entropy` with the image's shape and
-  values in [0, 1];
+- `/infer/<bundle>?image=<id>` for every bundle: the label is uint8 with the image's shape and class values only;
+  the result JSON describes the entropy map, which the datastore serves under the tag `entropy` with the image's
+  shape and values in [0, 1];
 - `/activelearning/uncertainty`: returns the most uncertain unlabelled image, one inference pass per image, none
   on a second call (cache);
-- `/train/mean_teacher` (one epoch of 40 iterations): the run's summary lists exactly MONAI Label's unlabelled
+- `/train/mean_teacher` (one epoch of 10 iterations): the run's summary lists exactly MONAI Label's unlabelled
   images, its batches drew them, the budget is max_epochs x epoch_length, and the consistency ramp and learning
   rate reached the end of their schedules in that budget (not in the config's 6000 iterations);
-- stopping: SIGTERM to the process group of `start_server` ends the uvicorn child too, and the port is free.
+- errors answered as a server does: 404 for an unknown image, model or strategy, 409 for a bundle without weights,
+  422 for a bad parameter, each with its one-line `semiseg: error:` message as the body's `detail`; bad training
+  parameters end the task before it reads any data, with that line last in `GET /train/`;
+- stopping: SIGTERM to `start_server` alone stops it (uvicorn runs in that process) and frees the port; SIGTERM to
+  `make label` alone stops the server it started.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from make_studies import make_studies  # noqa: E402
 
 BUNDLES = sorted(p.parent.parent.name for p in (REPO / "bundles").glob("*/configs/inference.json"))
 NUM_LABELLED, NUM_UNLABELLED = 4, 3
-ITERATIONS = 40  # one epoch; mean_teacher's ramp takes 40 steps of max(1, budget // 40) iterations
+ITERATIONS = 10  # one epoch, shorter than mean_teacher's 40 ramp steps: the steps are rescaled to the 10 iterations
 START_TIMEOUT_S, TRAIN_TIMEOUT_S = 300, 900
 
 
@@ -89,14 +93,21 @@ class Server:
                                         start_new_session=True)
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 600) -> bytes:
+        status, answer = self.answer(method, path, body, timeout)
+        if status != 200:
+            raise AssertionError(f"{method} {path}: HTTP {status}: {answer[:2000]!r}\n{self.tail()}")
+        return answer
+
+    def answer(self, method: str, path: str, body: Any = None, timeout: float = 600) -> tuple[int, bytes]:
+        """The HTTP status and body of a request, whatever the status."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data else {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
-                return response.read()
+                return response.status, response.read()
         except urllib.error.HTTPError as err:
-            raise AssertionError(f"{method} {path}: HTTP {err.code}: {err.read()[:2000]!r}\n{self.tail()}") from None
+            return err.code, err.read()
 
     def json(self, method: str, path: str, body: Any = None) -> Any:
         return json.loads(self.request(method, path, body))
@@ -118,18 +129,24 @@ class Server:
         raise AssertionError(f"the server did not answer within {START_TIMEOUT_S} s\n{self.tail()}")
 
     def stop(self) -> None:
-        """SIGTERM to the whole process group (start_server leaves its uvicorn child serving otherwise)."""
-        pgid = self.process.pid  # start_new_session: the leader's pid is the group id
-        if _group_alive(pgid):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _group_alive(pgid):
-            self.process.poll()
-            time.sleep(0.5)
-        if _group_alive(pgid):
-            os.killpg(pgid, signal.SIGKILL)
-            raise AssertionError(f"processes of group {pgid} outlived SIGTERM by 30 s (killed)")
-        self.process.wait(timeout=10)
+        """SIGTERM to start_server alone; every process it started must end with it (else the group is killed)."""
+        stop_group(self.process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to ``process`` alone (the leader of its own session), then wait up to 30 s for every process of its
+    group to end; what outlives that is killed and fails the test."""
+    pgid = process.pid  # start_new_session: the leader's pid is the group id
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _group_alive(pgid):
+        process.poll()
+        time.sleep(0.5)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+        raise AssertionError(f"processes of group {pgid} outlived SIGTERM to {pgid} by 30 s (killed)")
+    process.wait(timeout=10)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -144,6 +161,18 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+def _wait_for_training(server: Server, timeout_s: float) -> dict:
+    """``GET /train/`` until the last task is DONE or ERROR (or the time is up); its last answer."""
+    deadline = time.monotonic() + timeout_s
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = server.json("GET", "/train/")
+        if status["status"] in ("DONE", "ERROR"):
+            break
+        time.sleep(3)
+    return status
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +224,7 @@ def test_infer_returns_label_and_entropy_map(server: Server, studies: Path, tmp_
     label_file = tmp_path / "label.nii.gz"
     label_file.write_bytes(server.request("POST", f"/infer/{bundle}?image={image_id}&output=image"))
     label = np.asarray(nib.load(label_file).dataobj)
-    assert label.shape == shape
+    assert label.shape == shape and label.dtype == np.uint8  # as `monai.bundle run` writes it
     assert set(np.unique(label).tolist()) <= {0, 1, 2}
 
     params = server.json("POST", f"/infer/{bundle}?image={image_id}&output=json")
@@ -231,13 +260,7 @@ def test_one_epoch_of_mean_teacher_trains_on_monai_labels_unlabelled_images(
               "multi_gpu": False}
     task = server.json("POST", "/train/mean_teacher", params)
     assert task["status"] in ("SUBMITTED", "RUNNING"), task
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    status: dict = {}
-    while time.monotonic() < deadline:
-        status = server.json("GET", "/train/")
-        if status["status"] in ("DONE", "ERROR"):
-            break
-        time.sleep(5)
+    status = _wait_for_training(server, timeout_s=TRAIN_TIMEOUT_S)
     details = "\n".join(status.get("details", []))
     assert status.get("status") == "DONE", f"training ended as {status.get('status')}:\n{details}\n{server.tail()}"
 
@@ -248,19 +271,112 @@ def test_one_epoch_of_mean_teacher_trains_on_monai_labels_unlabelled_images(
     assert summary["unlabelled_drawn"] and set(summary["unlabelled_drawn"]) <= unlabelled
     assert summary["max_epochs"] == 1 and summary["epoch_length"] == ITERATIONS
     assert summary["budget"] == summary["iterations"] == ITERATIONS
-    # ramp: exp(-5 (1 - 39/40)^2) x 0.1 = 0.0997 at the last iteration of a 40-iteration run (sized by the
-    # config's 6000 iterations it would be exp(-5 (1 - 0/40)^2) x 0.1 = 0.0007)
-    assert summary["consistency_weight"] > 0.099
+    # ramp: the full 0.1 at the last iteration of a 10-iteration run (one ramp step per iteration would end at
+    # exp(-5 (1 - 9/40)^2) x 0.1 = 0.005; sized by the config's 6000 iterations at exp(-5) x 0.1 = 0.0007)
+    assert summary["consistency_weight"] == pytest.approx(0.1)
     # poly learning rate 0.01 (1 - t/40)^0.9 has reached (about) 0; sized by 6000 iterations it would be 0.00994
     assert summary["learning_rate"] < 0.01 * (1 / ITERATIONS) ** 0.9 + 1e-9
     assert (work / "mean_teacher" / "models" / "model.pt").is_file()
 
 
-def test_server_is_stopped_with_its_children(server: Server) -> None:
+# errors answered as a server does -------------------------------------------------------------------------------------
+
+
+def _error(server: Server, method: str, path: str, body: Any = None) -> tuple[int, str]:
+    status, answer = server.answer(method, path, body)
+    detail = json.loads(answer)["detail"]
+    assert detail.startswith("semiseg: error: ") and "\n" not in detail, detail
+    return status, detail
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "says"), [
+    ("POST", "/infer/mean_teacher?image=no_such_image&output=json", None, 404,
+     "image 'no_such_image' is not in the datastore"),
+    ("POST", "/infer/no_such_bundle?image={image}&output=json", None, 404, "unknown model 'no_such_bundle'"),
+    ("POST", "/activelearning/no_such_strategy", {}, 404, "unknown strategy 'no_such_strategy'"),
+    ("POST", "/activelearning/uncertainty", {"model": "no_such_bundle"}, 404, "unknown model 'no_such_bundle'"),
+    ("POST", "/activelearning/uncertainty", {"model": "mean_teacher", "measure": "aula"}, 422,
+     "uncertainty measure 'aula' reads 'aula', which the inference of bundle 'mean_teacher' does not write"),
+    ("POST", "/activelearning/uncertainty", {"model": "mean_teacher", "measure": "variance"}, 422,
+     "unknown uncertainty measure 'variance'"),
+    ("POST", "/train/no_such_bundle", {"max_epochs": 1}, 404, "unknown model 'no_such_bundle'"),
+], ids=["unknown image", "unknown model", "unknown strategy", "strategy: unknown model", "measure not written",
+        "unknown measure", "train: unknown bundle"])
+def test_request_errors_are_answered_with_a_status_and_the_message(
+    server: Server, studies: Path, method: str, path: str, body: Any, status: int, says: str
+) -> None:
+    got, detail = _error(server, method, path.format(image=_unlabelled(studies)[0]), body)
+    assert (got, says in detail) == (status, True), detail
+    assert server.process.poll() is None
+
+
+def test_a_bundle_without_weights_is_a_409_and_infers_once_it_has_them(server: Server, studies: Path,
+                                                                       work: Path) -> None:
+    weights = work / "supervised" / "models" / "model.pt"
+    aside = weights.with_name("model.pt.aside")
+    image = _unlabelled(studies)[0]
+    weights.rename(aside)
+    try:
+        for path, body in ((f"/infer/supervised?image={image}&output=json", None),
+                           ("/activelearning/uncertainty", {"model": "supervised"})):
+            status, detail = _error(server, "POST", path, body)
+            assert status == 409 and f"bundle 'supervised' has no trained weights ({weights} does not exist)" in (
+                detail), detail
+    finally:
+        aside.rename(weights)
+    assert "entropy" in server.json("POST", f"/infer/supervised?image={image}&output=json")["uncertainty"]
+
+
+def test_bad_training_parameters_end_the_task_in_one_line_naming_them(server: Server, work: Path) -> None:
+    weights = work / "mean_teacher" / "models" / "model.pt"
+    before = weights.stat().st_mtime_ns
+    task = server.json("POST", "/train/mean_teacher", {"max_epochs": "abc", "val_split": 2, "device": "cpu",
+                                                       "multi_gpu": False})
+    assert task["status"] in ("SUBMITTED", "RUNNING"), task  # MONAI Label queues it before the app sees it
+    status = _wait_for_training(server, timeout_s=300)
+    assert status["status"] == "ERROR", status
+    details = list(status["details"])
+    first = next(i for i, line in enumerate(details) if line.startswith("semiseg: error: "))
+    assert details[first:] == [
+        "semiseg: error: /train/mean_teacher: max_epochs must be an integer >= 1, got 'abc' (and 1 more problem, "
+        "listed below) (SEMISEG_TRACEBACK=1 prints the traceback)",
+        "  - /train/mean_teacher: val_split must be a fraction in [0, 1) of the labelled images (0 or -1: no "
+        "validation), got 2",
+    ]
+    assert not any("Traceback" in line for line in details)
+    assert weights.stat().st_mtime_ns == before
+
+
+# stopping -------------------------------------------------------------------------------------------------------------
+
+
+def test_server_is_stopped_by_sigterm_to_start_server_alone(server: Server) -> None:
     pgid = server.process.pid
     server.stop()
     assert not _group_alive(pgid)
     assert port_is_free(server.port)
+
+
+def test_make_label_passes_sigterm_on_to_the_server(studies: Path, tmp_path: Path) -> None:
+    """`make label` execs the server in place of its recipe's shell, so the SIGTERM make passes to its child stops
+    the server (a shell in between would die and leave the server serving, orphaned)."""
+    port = free_port()
+    venv = Path(sys.executable).parent.parent
+    stamp = venv / ".semiseg-label-installed"
+    command = ["make", "-o", str(stamp), "label", f"LABEL_VENV={venv}", f"STUDIES={studies}", f"LABEL_PORT={port}",
+               f"LABEL_CONF=--conf work_dir {tmp_path / 'work'} --conf bundles mean_teacher --conf device cpu"]
+    log = tmp_path / "make_label.log"
+    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                               env={**os.environ, "OMP_NUM_THREADS": "2"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while port_is_free(port):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(2)
+    finally:
+        stop_group(process)  # SIGTERM to make alone
+    assert port_is_free(port)
+    assert "Finished server process" in log.read_text(errors="replace")
 
 
 if __name__ == "__main__":  # python tests/monailabel/monailabel_integration.py

@@ -14,6 +14,7 @@ from monailabel.transform.writer import Writer
 logger = logging.getLogger(__name__)
 
 UNCERTAINTY_KEYS = ("entropy",)  # the maps a semiseg inference.json writes besides ``pred`` (architecture.md §1)
+LABEL_DTYPE = "uint8"  # the label file's type (MONAI Label's writer keeps the float32 of the post-processing)
 
 
 class InferenceConstants(BundleConstants):
@@ -42,7 +43,8 @@ class _RestoreIfPresent:
 class SemisegInferTask(BundleInferTask):
     """MONAI Label's bundle infer task; the uncertainty maps of the bundle's post-processing reach the client.
 
-    The segmentation is what MONAI Label always returns (the label file). Each uncertainty map (``entropy``) is
+    The segmentation is what MONAI Label always returns (the label file), written as uint8 like the label of
+    ``monai.bundle run`` (unless the request sets ``result_dtype``). Each uncertainty map (``entropy``) is
     restored to the image grid like the label, written as a float32 image, and described in the result JSON:
     ``params["uncertainty"]["entropy"] = {"mean": ..., "max": ..., "file": <path on the server>}``. The app
     (``main.py``) moves a map of a datastore image into the datastore under the label tag ``entropy``, where a
@@ -68,6 +70,8 @@ class SemisegInferTask(BundleInferTask):
         return post
 
     def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> tuple[Any, Any]:
+        if dtype is None and data.get("result_dtype") is None:
+            dtype = LABEL_DTYPE  # as `monai.bundle run` writes it; a request's `result_dtype` still wins
         result_file, result_json = super().writer(data, extension, dtype)
         maps = {}
         for key in self.uncertainty_keys:

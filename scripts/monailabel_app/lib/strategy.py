@@ -10,11 +10,14 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from semiseg.active_learning import UncertaintyCache, UncertaintyRanker, bundle_predictor
+from semiseg.active_learning import MEASURES, UncertaintyCache, UncertaintyRanker, bundle_predictor
+
+from .errors import BadParameter, NotFound, NoWeights
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "uncertainty_cache.json"  # per bundle work copy, next to models/
+WEIGHTS = "models/model.pt"  # what bundle_predictor loads (lib.workspace.WEIGHTS)
 
 
 class UncertaintyStrategy(Strategy):
@@ -22,7 +25,9 @@ class UncertaintyStrategy(Strategy):
 
     Request fields (``POST /activelearning/uncertainty`` with a JSON body): ``model`` (a bundle name; default
     ``default_model``), ``measure`` (``"entropy"``: mean entropy, ``"aula"``: ``1 - AULA`` for Layer Ensembles;
-    default from the bundle: ``aula`` when its inference output has it), ``device``. Each unlabelled image is run
+    default from the bundle: ``aula`` when its inference output has it), ``device``. An unknown model, a bundle
+    without weights, an unknown measure or one the bundle's inference does not write is refused before any
+    inference (:mod:`lib.errors`: 404, 409, 422, 422). Each unlabelled image is run
     once through the bundle's ``inference.json`` per checkpoint; scores are cached in
     ``<bundle>/uncertainty_cache.json`` and copied into the datastore's image info (``semiseg_uncertainty``).
 
@@ -44,13 +49,23 @@ class UncertaintyStrategy(Strategy):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         model = request.get("model") or self.default_model
         if model not in self.bundles:
-            raise ValueError(f"unknown model {model!r} for the uncertainty strategy; models: {sorted(self.bundles)}.")
+            raise NotFound(f"unknown model {model!r} for the uncertainty strategy; models: "
+                           f"{', '.join(sorted(self.bundles))}")
+        bundle = self.bundles[model]
+        measure = request.get("measure") or ("aula" if '"aula"' in _inference_keys(bundle) else "entropy")
+        if measure not in MEASURES:
+            raise BadParameter(f"unknown uncertainty measure {measure!r}; measures: {', '.join(sorted(MEASURES))}")
+        key = MEASURES[measure][0]
+        if f'"{key}"' not in _inference_keys(bundle):
+            raise BadParameter(f"uncertainty measure {measure!r} reads {key!r}, which the inference of bundle "
+                               f"{model!r} does not write; use measure 'entropy'")
+        if not os.path.isfile(os.path.join(bundle, WEIGHTS)):
+            raise NoWeights(f"bundle {model!r} has no trained weights ({os.path.join(bundle, WEIGHTS)} does not "
+                            f"exist): train it first (POST /train/{model})")
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
-        bundle = self.bundles[model]
         predict, weights = bundle_predictor(bundle, device=request.get("device") or self.device)
-        measure = request.get("measure") or ("aula" if '"aula"' in _inference_keys(bundle) else "entropy")
         ranker = UncertaintyRanker(
             predict, checkpoint=weights, measure=measure, cache=UncertaintyCache(os.path.join(bundle, CACHE_FILE))
         )

@@ -3,18 +3,92 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
+import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 from semiseg.data.validation import validate_datalist
 
+from .errors import BadParameter
+
 logger = logging.getLogger(__name__)
 
 UNLABELLED_DATA = "train#unlabelled#dataset#data"  # the template's unlabelled list (docs/architecture.md §1)
 SUMMARY_FILE = "monailabel_train.json"  # under the bundle's output_dir (<work copy>/eval)
+FLAGS = ("pretrained", "multi_gpu")  # request parameters that are booleans
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is one (a whole float, or its decimal text), else None (a bool is not one)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+        return int(value)
+    return None
+
+
+def check_train_request(name: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The request's training parameters checked, with integers given as text converted (before any data is read).
+
+    ``max_epochs`` and ``iterations_per_epoch``: integers >= 1; ``val_split``: a fraction in [0, 1) or -1 (no
+    validation); ``pretrained``, ``multi_gpu``: booleans (``true`` / ``false`` as text too); ``device``: a torch
+    device name.
+
+    Args:
+        name: the bundle, for the messages.
+        request: MONAI Label's train request.
+
+    Returns:
+        A copy of the request with the integers and booleans converted.
+
+    Raises:
+        BadParameter: naming every bad parameter, its value and what is expected.
+    """
+    checked, problems = dict(request), []
+    for key in ("max_epochs", "iterations_per_epoch"):
+        if request.get(key) is None:
+            continue
+        number = _integer(request[key])
+        if number is None or number < 1:
+            problems.append(f"/train/{name}: {key} must be an integer >= 1, got {request[key]!r}")
+        else:
+            checked[key] = number
+    if request.get("val_split") is not None:
+        value = request["val_split"]
+        try:
+            fraction = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            fraction = math.nan
+        if not (0.0 <= fraction < 1.0 or fraction == -1.0):
+            problems.append(f"/train/{name}: val_split must be a fraction in [0, 1) of the labelled images (0 or -1: "
+                            f"no validation), got {value!r}")
+        else:
+            checked["val_split"] = fraction
+    for key in FLAGS:
+        value = request.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            checked[key] = value.strip().lower() == "true"
+        else:
+            problems.append(f"/train/{name}: {key} must be true or false, got {value!r}")
+    if request.get("device") is not None:
+        try:
+            torch.device(str(request["device"]))
+        except RuntimeError:
+            problems.append(f"/train/{name}: device must be a torch device name (cpu, cuda, cuda:0), got "
+                            f"{request['device']!r}")
+    if problems:
+        raise BadParameter(problems)
+    return checked
 
 
 class SemisegTrainTask(BundleTrainTask):
@@ -32,6 +106,8 @@ class SemisegTrainTask(BundleTrainTask):
       ``resume: false``;
     - ``iterations_per_epoch`` from the request when given (the budget is ``max_epochs x epoch_length``; the ramps
       and the learning-rate schedule read it when the run starts);
+    - the request's parameters checked before any data is read (:func:`check_train_request`): a bad one ends the
+      task with one ``semiseg: error:`` line naming it, the last line ``GET /train/`` shows;
     - every list checked file by file (:func:`semiseg.data.validation.validate_datalist`) before training;
     - a :class:`lib.summary.TrainingSummary` handler writing ``<bundle>/eval/monailabel_train.json``.
     """
@@ -47,6 +123,7 @@ class SemisegTrainTask(BundleTrainTask):
         return options
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        request = check_train_request(os.path.basename(self.bundle_path), request)
         self._request, self._datastore = dict(request), datastore
         try:
             return super().__call__(request, datastore)

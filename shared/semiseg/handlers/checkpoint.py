@@ -68,6 +68,7 @@ def prepare_checkpoint_dir(
     final_filename: str = "model.pt",
     checkpoint_filename: str = "checkpoint.pt",
     run_files: Iterable[str] = RUN_FILES,
+    init_from: Any = None,
 ) -> bool:
     """Create ``ckpt_dir`` and check that this training run may write into it.
 
@@ -84,6 +85,7 @@ def prepare_checkpoint_dir(
         final_filename: the weights a completed run writes.
         checkpoint_filename: the full training state ``resume`` loads.
         run_files: every file a run writes into ``ckpt_dir`` (:data:`RUN_FILES`).
+        init_from: bundle setting ``init_from`` (the weights a fresh run starts from), named in the refusal.
 
     Returns:
         ``resume`` as a bool (see :func:`semiseg.settings.flag`).
@@ -108,7 +110,8 @@ def prepare_checkpoint_dir(
     if not found or overwrite:
         return resume
     names = ", ".join(dict.fromkeys(found))
-    deletes = f"--overwrite true to delete the earlier run's files ({names}) and train from scratch"
+    start = "from scratch" if init_from in (None, "") else f"again from --init_from {init_from}"
+    deletes = f"--overwrite true to delete the earlier run's files ({names}) and train {start}"
     if final.exists():
         resume_hint = (f"--resume true to continue training from {checkpoint}" if checkpoint.is_file()
                        else f"--resume true needs {checkpoint}, which is not there")

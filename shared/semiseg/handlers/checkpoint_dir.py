@@ -93,6 +93,7 @@ class CheckpointDirGuard:
         ckpt_dir: the checkpoint folder (``@ckpt_dir``).
         resume: bundle setting ``resume``.
         overwrite: bundle setting ``overwrite``.
+        init_from: bundle setting ``init_from`` (the weights a fresh run starts from), named in a refusal.
         output_dirs: other folders the run writes (``["@output_dir"]``: TensorBoard logs); checked, created.
         run_files: the files a run writes into ``ckpt_dir`` (:data:`~semiseg.handlers.checkpoint.RUN_FILES`).
         served_files: the files of ``run_files`` kept until the run completes (:data:`SERVED_FILES`).
@@ -105,6 +106,7 @@ class CheckpointDirGuard:
         resume: Any = False,
         overwrite: Any = False,
         output_dirs: Sequence[str | os.PathLike[str]] = (),
+        init_from: Any = None,
         run_files: Iterable[str] = RUN_FILES,
         served_files: Iterable[str] = SERVED_FILES,
         lock_filename: str = LOCK_FILE,
@@ -113,6 +115,7 @@ class CheckpointDirGuard:
         self.resume = flag(resume, "resume")
         self.overwrite = flag(overwrite, "overwrite")
         self.output_dirs = [os.fspath(d) for d in output_dirs]
+        self.init_from = init_from
         self.run_files = tuple(run_files)
         self.served_files = tuple(served_files)
         self._earlier: dict[str, tuple[int, int]] = {}  # served files of the earlier run: name -> (inode, mtime)
@@ -142,7 +145,8 @@ class CheckpointDirGuard:
                 check_writable(folder, "output_dir")
             self.acquire()
         try:
-            return prepare_checkpoint_dir(self.ckpt_dir, self.resume, self.overwrite, run_files=self.run_files)
+            return prepare_checkpoint_dir(self.ckpt_dir, self.resume, self.overwrite, run_files=self.run_files,
+                                          init_from=self.init_from)
         except BaseException:
             self.release()
             raise

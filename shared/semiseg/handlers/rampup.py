@@ -39,8 +39,13 @@ class RampScheduler(StateParamScheduler):
     with a larger budget all stretch it): ``run_steps`` sets ``every = max(1, budget // run_steps)`` (SSL4MIS's
     ``iter // 150`` with 200 steps over 30000 iterations, UA-MT's with 40 over 6000), ``length_fraction`` sets
     ``length = fraction x budget`` (UA-MT's ``sigmoid_rampup(iter, max_iter)``: 1.0), ``offset_fraction`` sets
-    ``offset = floor(fraction x budget)`` (BPL's warm-up from 0.4 T). The resolved ``every`` / ``length`` /
-    ``offset`` are what :meth:`state_dict` holds.
+    ``offset = floor(fraction x budget)`` (BPL's warm-up from 0.4 T). A run too short for ``run_steps`` whole
+    steps (``n = budget - offset`` units of the ramp, ``n <= run_steps``) has the steps rescaled to it:
+    ``t = (index - offset) * run_steps // (n - 1)``, so ``t`` reaches ``run_steps`` at the run's last unit and a
+    ramp with ``length = run_steps`` ends at ``end`` there (a 10-iteration MONAI Label run ends at the full
+    consistency weight; one step per unit would stop at ``sigmoid_rampup(9, 40)``, 5% of it); at
+    ``n = run_steps + 1`` both rules give ``t = index - offset``. The resolved ``every`` / ``length`` / ``offset``
+    / ``span`` (``n - 1`` when the steps are rescaled, else ``None``) are what :meth:`state_dict` holds.
 
     Every instance registers itself as the provider of ``engine.state.<param_name>`` (unless a handler class
     already provides that key, :func:`semiseg.keys.register_state_provider`), so a method that lists
@@ -58,7 +63,8 @@ class RampScheduler(StateParamScheduler):
         offset: units before the ramp starts (BPL's warm-up, UGPCL's contrastive loss from 10% of the run); the value
             is ``start`` until then.
         run_steps: when set, ``every`` is ``max(1, budget // run_steps)`` (the ramp's ``t`` takes ``run_steps``
-            steps over the run) instead of the ``every`` given.
+            steps over the run) instead of the ``every`` given; a run of no more ramp units than ``run_steps``
+            has its steps rescaled to it (above).
         length_fraction: when set, ``length`` is this fraction of the budget.
         offset_fraction: when set, ``offset`` is ``floor(offset_fraction x budget)``.
 
@@ -67,7 +73,7 @@ class RampScheduler(StateParamScheduler):
             fraction that is not > 0 (``offset_fraction``: >= 0).
     """
 
-    _budget_attrs = ("run_steps", "length_fraction", "offset_fraction")
+    _budget_attrs = ("run_steps", "length_fraction", "offset_fraction", "span")
 
     def __init__(
         self,
@@ -104,24 +110,27 @@ class RampScheduler(StateParamScheduler):
         self.run_steps = None if run_steps is None else int(run_steps)
         self.length_fraction = None if length_fraction is None else float(length_fraction)
         self.offset_fraction = None if offset_fraction is None else float(offset_fraction)
+        self.span: int | None = None
         self._state_attrs += ["start", "end", "length", "ramp", "unit", "every", "offset", *self._budget_attrs]
         if not state_providers(param_name):
             register_state_provider(param_name, f"semiseg.handlers.RampScheduler(param_name={param_name!r}, ...)")
 
     def fit(self, budget: int) -> None:
-        """Resolve ``every`` / ``length`` / ``offset`` from their fractions of ``budget`` (counted in ``unit``)."""
+        """Resolve ``every`` / ``length`` / ``offset`` / ``span`` from ``budget`` (counted in ``unit``)."""
         if budget < 1:
             return
-        if self.run_steps is not None:
-            self.every = max(1, budget // self.run_steps)
         if self.length_fraction is not None:
             self.length = self.length_fraction * budget
         if self.offset_fraction is not None:
             self.offset = math.floor(self.offset_fraction * budget + 1e-9)
+        if self.run_steps is not None:
+            units = budget - self.offset  # the ramp's units: indices offset .. budget - 1
+            self.every = max(1, budget // self.run_steps)
+            self.span = max(units - 1, 0) if units <= self.run_steps else None
 
     def load_state_dict(self, state_dict: Mapping) -> None:
-        """Ignite's ``load_state_dict``; a state saved before ``run_steps`` and the fractions existed keeps the
-        configured ones."""
+        """Ignite's ``load_state_dict``; a state saved before ``run_steps``, the fractions and ``span`` existed keeps
+        the configured ones."""
         missing = {name: getattr(self, name) for name in self._budget_attrs if name not in state_dict}
         super().load_state_dict({**state_dict, **missing})
 
@@ -129,11 +138,20 @@ class RampScheduler(StateParamScheduler):
         """The value at ramp position ``t`` (already divided by ``every`` and counted from ``offset``)."""
         return self.start + (self.end - self.start) * RAMPS[self.ramp](t, self.length)
 
+    def position(self, index: int) -> int:
+        """The ramp's ``t`` after ``index`` completed units (``index >= offset``): ``(index - offset) // every``, or
+        ``(index - offset) * run_steps // span`` when a short run rescales the steps (``span`` set; a run of one
+        unit stays at ``t = 0``)."""
+        units = index - self.offset
+        if self.span is None or self.run_steps is None:
+            return units // self.every
+        return units * self.run_steps // self.span if self.span else 0
+
     def value_at_index(self, index: int) -> float:
         """The value after ``index`` completed units: ``start`` before ``offset``, else the ramp's value."""
         if index < self.offset:
             return self.start
-        return self.value_at((index - self.offset) // self.every)
+        return self.value_at(self.position(index))
 
     def get_param(self) -> float:
         """The value for the current event (``event_index`` is 1 for the first iteration/epoch)."""
@@ -186,7 +204,8 @@ class ConsistencyRampUp(RampScheduler):
         save_history: see :class:`RampScheduler`.
         offset: units before the ramp starts; the weight is 0 until then (see :class:`RampScheduler`).
         run_steps: ``every = max(1, budget // run_steps)`` for the run's budget (SSL4MIS: ``run_steps=length``,
-            so the ramp spans the run whatever its length); replaces ``every``.
+            so the ramp spans the run whatever its length; a run of ``run_steps`` iterations or fewer has the steps
+            rescaled to it and ends at ``weight``, see :class:`RampScheduler`); replaces ``every``.
         length_fraction: ``length`` as a fraction of the budget (see :class:`RampScheduler`).
         offset_fraction: ``offset`` as a fraction of the budget (see :class:`RampScheduler`).
     """

@@ -237,7 +237,9 @@ class ProvenanceWriter:
         raise error
 
     def write(self) -> None:
-        """Write the record atomically (temporary file in the output folder, then ``os.replace``)."""
+        """Write the record atomically (temporary file in the output folder, then ``os.replace``), readable as the
+        outputs beside it are: mode ``0o666`` less the process umask (0644 under the usual umask 022), not the
+        ``0o600`` of a temporary file."""
         folder = os.path.dirname(self.path) or "."
         os.makedirs(folder, exist_ok=True)
         text = json.dumps(self.record, indent=2, default=str) + "\n"
