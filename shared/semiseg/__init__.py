@@ -21,6 +21,7 @@ from . import (
     networks,
     ramps,
     reporting,
+    threads,
     weights,
 )
 
@@ -29,5 +30,5 @@ __version__ = "0.1.0"
 __all__ = [
     "bundle_checks", "errors",
     "data", "engines", "handlers", "inference", "keys", "losses", "methods", "metrics", "networks", "ramps",
-    "reporting", "weights", "__version__",
+    "reporting", "threads", "weights", "__version__",
 ]

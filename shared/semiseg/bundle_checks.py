@@ -360,6 +360,16 @@ def _flag(value: Any) -> bool:
     )
 
 
+def _data_device(value: Any) -> bool:
+    """null, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the ``data_device`` setting, :mod:`semiseg.data.device`)."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    text = value.strip().lower()
+    return text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
+
+
 def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), " or ".join(repr(c) for c in choices)
 
@@ -393,6 +403,8 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "consistency": _number(0.0),
     "consistency_rampup": _number(0.0),
     "nonfinite_voxels": ((lambda v: v in ("error", "replace")), "'error' or 'replace'"),
+    "num_threads": ((lambda v: v is None or (_is_int(v) and v >= 1)), "an integer >= 1 (or null: chosen at start)"),
+    "data_device": (_data_device, "null, 'cpu', 'cuda' or 'cuda:N'"),
     "progress": (
         (lambda v: v is None or isinstance(v, bool) or (isinstance(v, str) and v.lower() in ("auto", "true", "false"))),
         "true, false or auto (null: a bar only in a terminal)",
@@ -428,6 +440,17 @@ def check_settings(**settings: Any) -> None:
             f"setting rot90 turns crops in the plane of their first two axes, which needs roi_size[0] == roi_size[1], "
             f"got roi_size {list(roi)}: pass --rot90 false or a crop with equal first two sides (nothing was run)."
         )
+    device = settings.get("data_device")
+    if _data_device(device) and isinstance(device, str) and device.strip().lower().startswith("cuda"):
+        import torch  # MONAI's own dependency
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            problems.append(
+                f"setting data_device {device!r} needs a CUDA device, and torch sees "
+                f"{torch.cuda.device_count() if torch.cuda.is_available() else 'none'}: leave data_device null to "
+                "train with the default loaders (nothing was run)."
+            )
     if problems:
         raise SettingError(problems)
 
