@@ -14,7 +14,7 @@ from monai.handlers import StatsHandler
 
 from semiseg.engines import SemiSupervisedTrainer
 from semiseg.handlers import AtomicCheckpointSaver, prepare_checkpoint_dir, setting_flag
-from semiseg.handlers.checkpoint import TEMP_PREFIX, TEMP_SUFFIX, non_finite_tensors
+from semiseg.handlers.checkpoint import TEMP_PREFIX, TEMP_SUFFIX, abs_total, non_finite_tensors
 from semiseg.methods import SupervisedMethod
 from tests.helpers import states_equal, tiny_unet
 
@@ -44,6 +44,16 @@ def test_non_finite_checkpoint_is_not_written_and_the_last_good_file_stays(tmp_p
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
     assert "not writing" in caplog.text and "model.0.conv.weight" in caplog.text
     assert "keeping the last good" in caplog.text and str(tmp_path / "checkpoint.pt") in caplog.text
+
+
+def test_abs_total_is_finite_exactly_for_finite_gradients_even_huge_ones() -> None:
+    grads = [torch.full((3, 4), 1e30), torch.ones(5), torch.empty(0)]
+    assert float(abs_total(grads, "cpu")) == pytest.approx(12e30 + 5, rel=1e-6)  # the max norm's range, no overflow
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = [g.clone() for g in grads]
+        broken[1][2] = bad
+        assert not bool(torch.isfinite(abs_total(broken, "cpu"))), bad
+    assert float(abs_total([], "cpu")) == 0.0
 
 
 def test_non_finite_tensors_names_nested_entries_and_ignores_integers() -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semiseg.engines.outputs import image_filenames, loss_terms
-from semiseg.handlers.checkpoint import max_abs_total
+from semiseg.handlers.checkpoint import abs_total
 from semiseg.handlers.random_state import (
     get_random_state,
     get_transform_state,
@@ -323,8 +323,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     files): the images and labels are handed to the method as plain tensors.
 
     The finite check is the one place an iteration waits on the device. Gradients are checked with one fused
-    ``torch._foreach_norm`` (max norm) summed with the loss, so a loss that is still finite while its gradients are
-    not (an overflow in the backward pass) stops before the step, and a non-finite value never reaches the weights.
+    ``torch._foreach_norm`` (L1 norm, :func:`semiseg.handlers.checkpoint.abs_total`) summed with the loss, so a loss
+    that is still finite while its gradients are not (an overflow in the backward pass) stops before the step, and a
+    non-finite value never reaches the weights.
     Under fp16 AMP only the loss is checked: the grad scaler skips steps with non-finite gradients by itself.
 
     AMP (``amp=True``) autocasts on the trainer's device type (``cuda``, ``cpu``, ...) with ``amp_kwargs``
@@ -629,7 +630,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         """
         params = [p for opt in optimizers or () for group in opt.param_groups for p in group["params"]]
         grads = (p.grad for p in params if p.grad is not None)
-        total = loss.detach().float().sum() + max_abs_total(grads, loss.device)
+        total = loss.detach().float().sum() + abs_total(grads, loss.device)
         if bool(torch.isfinite(total)):
             return True
         # the failure path (syncs do not matter here): say what is not finite and name the batches' files
