@@ -363,10 +363,11 @@ class TwoStreamBatchSampler(torch.utils.data.Sampler):
         return len(self.primary) // self.primary_batch
 
 
-def reference_la_loop(session: Session, data: Path, roi: list[int], num_labelled: int, careful: bool) -> dict:
+def reference_la_loop(session: Session, data: Path, roi: list[int], num_labelled: int, careful: bool,
+                      workers: int = 4) -> dict:
     """SSL4MIS ``train_mean_teacher_3D.py``'s loop on the same data and card (V-Net, 2 + 2, fp32): as written
-    (workers re-started every pass, a ``.item()`` log line every iteration) or ``careful``ly (persistent workers,
-    pinned memory, non-blocking copies, no per-iteration sync)."""
+    (``workers`` loader processes re-started every pass, a ``.item()`` log line every iteration) or ``careful``ly
+    (persistent workers, pinned memory, non-blocking copies, no per-iteration sync)."""
     import torch.nn.functional as F
 
     from semiseg.networks.ssl4mis_vnet import VNet
@@ -376,8 +377,8 @@ def reference_la_loop(session: Session, data: Path, roi: list[int], num_labelled
     paths = [data / i / "mri_norm2.h5" for i in ids]
     sampler = TwoStreamBatchSampler(list(range(num_labelled)), list(range(num_labelled, len(paths))), 2, 2)
     loader = torch.utils.data.DataLoader(
-        LAHeartLike(paths, roi), batch_sampler=sampler, num_workers=4, pin_memory=device.type == "cuda",
-        persistent_workers=careful, worker_init_fn=lambda worker: np.random.seed(1337 + worker))
+        LAHeartLike(paths, roi), batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=careful and workers > 0, worker_init_fn=lambda worker: np.random.seed(1337 + worker))
     torch.manual_seed(1337)
     np.random.seed(1337)
     model, ema = VNet(1, 2, 16, has_dropout=True).to(device), VNet(1, 2, 16, has_dropout=True).to(device)
@@ -423,9 +424,9 @@ def reference_la_loop(session: Session, data: Path, roi: list[int], num_labelled
     wall = time.perf_counter() - marks["start"]
     busy.__exit__()
     del loader
-    return {"loop": "careful" if careful else "as written", "roi": roi, "amp": False, "timed_iterations":
-            sizes.iterations, "s_per_iteration": wall / sizes.iterations, "iterations_per_s": sizes.iterations / wall,
-            "gpu_busy": busy.mean, "gpu_busy_samples": len(busy.samples)}
+    return {"loop": "careful" if careful else "as written", "workers": workers, "roi": roi, "amp": False,
+            "timed_iterations": sizes.iterations, "s_per_iteration": wall / sizes.iterations,
+            "iterations_per_s": sizes.iterations / wall, "gpu_busy": busy.mean, "gpu_busy_samples": len(busy.samples)}
 
 
 def end_to_end(session: Session, data_root: Path) -> None:

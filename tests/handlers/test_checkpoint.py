@@ -48,12 +48,19 @@ def test_non_finite_checkpoint_is_not_written_and_the_last_good_file_stays(tmp_p
 
 def test_abs_total_is_finite_exactly_for_finite_gradients_even_huge_ones() -> None:
     grads = [torch.full((3, 4), 1e30), torch.ones(5), torch.empty(0)]
-    assert float(abs_total(grads, "cpu")) == pytest.approx(12e30 + 5, rel=1e-6)  # the max norm's range, no overflow
+    assert float(abs_total(grads, "cpu")) == pytest.approx(12e30 + 5, rel=1e-6)  # huge but finite: no overflow
     for bad in (float("nan"), float("inf"), -float("inf")):
         broken = [g.clone() for g in grads]
         broken[1][2] = bad
         assert not bool(torch.isfinite(abs_total(broken, "cpu"))), bad
     assert float(abs_total([], "cpu")) == 0.0
+
+
+def test_non_finite_tensors_is_exact_for_finite_values_past_the_l1_range() -> None:
+    huge = {"model": {"w": torch.full((4, 4), 3e38)}}  # finite, but their L1 norm overflows float32
+    assert non_finite_tensors(huge) == []
+    huge["model"]["b"] = torch.tensor([1.0, float("nan")])
+    assert non_finite_tensors(huge) == ["model['b']"]
 
 
 def test_non_finite_tensors_names_nested_entries_and_ignores_integers() -> None:

@@ -57,7 +57,7 @@ def device_of(data_device: str | torch.device | None) -> torch.device | None:
         data_device: null, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 
     Returns:
-        The device, or None.
+        The device, or None; ``"cuda"`` is the process's current CUDA device.
 
     Raises:
         SettingError: for another value, or a CUDA device that torch does not see.
@@ -79,6 +79,10 @@ def device_of(data_device: str | torch.device | None) -> torch.device | None:
             f"{torch.cuda.device_count() if torch.cuda.is_available() else 'none'}: leave data_device null to train "
             "with the default loaders (nothing was run)."
         )
+    if device.type == "cuda" and device.index is None:
+        # the process's current device (each rank's own under multi_gpu_train.json), fixed now: the cache is filled
+        # by worker threads, whose current device is the first GPU whatever the main thread's is
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
