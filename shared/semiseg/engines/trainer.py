@@ -116,13 +116,13 @@ class DataCycle:
     ``RandomSampler`` without a generator and the DataLoader's worker seeds use, and the loader's and sampler's own
     generators) and of the loader's random transforms (crops, flips); ``epoch``, ``position`` (batches drawn from
     the current pass), that record and the current states of the loader's own generators are its
-    :meth:`state_dict`. After :meth:`load_state_dict` the next draw
-    re-opens pass ``epoch`` under the recorded generator states (the global one put back afterwards) and skips the
-    ``position`` batches already drawn, loading them again (at most one pass of extra loading on resume), so the
-    transforms' generators end where the interrupted run had them and a resumed run draws the same batches as an
-    uninterrupted one. Replaying from the pass's start, not from the transforms' state saved with the checkpoint,
-    also holds for a ``ThreadDataLoader`` (``data_device``), whose background thread has prepared the next batch,
-    and so advanced the transforms, before a checkpoint is written. A pass that was drawn to its end is not
+    :meth:`state_dict`. After :meth:`load_state_dict` the next draw re-opens pass ``epoch`` under the recorded
+    generator states (the global one put back afterwards) and skips the ``position`` batches already drawn, loading
+    them again (at most one pass of extra loading on resume), so the transforms' generators end where the
+    interrupted run had them and a resumed run draws the same batches as an uninterrupted one. Replaying from the
+    pass's start, not from the transforms' state saved with the checkpoint, also holds for a ``ThreadDataLoader``
+    (``data_device``), whose background thread has prepared the next batch, and so advanced the transforms, before
+    a checkpoint is written. A pass that was drawn to its end is not
     replayed: the next one opens under the loader's own generators as saved (a ``ThreadDataLoader`` has its own, see
     :func:`semiseg.data.device.data_loader`; torch's global one comes back with the trainer's random state).
 
