@@ -22,6 +22,7 @@ from . import (
     ramps,
     reporting,
     settings,
+    threads,
     weights,
 )
 
@@ -30,5 +31,5 @@ __version__ = "0.1.0"
 __all__ = [
     "bundle_checks", "errors",
     "data", "engines", "handlers", "inference", "keys", "losses", "methods", "metrics", "networks", "ramps",
-    "reporting", "settings", "weights", "__version__",
+    "reporting", "settings", "threads", "weights", "__version__",
 ]

@@ -407,6 +407,16 @@ def _overlap(value: Any) -> bool:
     return all(_is_number(v) and 0.0 <= v < 1.0 for v in values)
 
 
+def _data_device(value: Any) -> bool:
+    """null, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the ``data_device`` setting, :mod:`semiseg.data.device`)."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    text = value.strip().lower()
+    return text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
+
+
 def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), " or ".join(repr(c) for c in choices)
 
@@ -441,6 +451,8 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "consistency_rampup": _number(0.0),
     "nonfinite_voxels": ((lambda v: v in ("error", "replace")), "'error' or 'replace'"),
     "dropout": _number(0.0, 1.0, high_open=True),
+    "num_threads": ((lambda v: v is None or (_is_int(v) and v >= 1)), "an integer >= 1 (or null: chosen at start)"),
+    "data_device": (_data_device, "null, 'cpu', 'cuda' or 'cuda:N'"),
     "progress": (
         (lambda v: v is None or is_flag(v) or (isinstance(v, str) and v.strip().lower() in AUTO_WORDS)),
         "true, false or auto (also 1/0, yes/no, any case; null: a bar only in a terminal)",
@@ -477,6 +489,17 @@ def check_settings(**settings: Any) -> None:
             f"setting rot90 turns crops in the plane of their first two axes, which needs roi_size[0] == roi_size[1], "
             f"got roi_size {list(roi)}: pass --rot90 false or a crop with equal first two sides (nothing was run)."
         )
+    device = settings.get("data_device")
+    if _data_device(device) and isinstance(device, str) and device.strip().lower().startswith("cuda"):
+        import torch  # MONAI's own dependency
+
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            problems.append(
+                f"setting data_device {device!r} needs a CUDA device, and torch sees "
+                f"{torch.cuda.device_count() if torch.cuda.is_available() else 'none'}: leave data_device null to "
+                "train with the default loaders (nothing was run)."
+            )
     if problems:
         raise SettingError(problems)
 

@@ -20,7 +20,7 @@ from semiseg.engines import SemiSupervisedTrainer
 from semiseg.errors import SettingError, format_user_error, user_error
 from semiseg.files import WriteError
 from semiseg.handlers import AtomicCheckpointSaver, prepare_checkpoint_dir
-from semiseg.handlers.checkpoint import TEMP_PREFIX, TEMP_SUFFIX, clean_stale_temp_files, non_finite_tensors
+from semiseg.handlers.checkpoint import TEMP_PREFIX, TEMP_SUFFIX, abs_total, clean_stale_temp_files, non_finite_tensors
 from semiseg.methods import SupervisedMethod
 from tests.helpers import states_equal, tiny_unet
 
@@ -50,6 +50,23 @@ def test_non_finite_checkpoint_is_not_written_and_the_last_good_file_stays(tmp_p
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
     assert "not writing" in caplog.text and "model.0.conv.weight" in caplog.text
     assert "keeping the last good" in caplog.text and str(tmp_path / "checkpoint.pt") in caplog.text
+
+
+def test_abs_total_is_finite_exactly_for_finite_gradients_even_huge_ones() -> None:
+    grads = [torch.full((3, 4), 1e30), torch.ones(5), torch.empty(0)]
+    assert float(abs_total(grads, "cpu")) == pytest.approx(12e30 + 5, rel=1e-6)  # huge but finite: no overflow
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = [g.clone() for g in grads]
+        broken[1][2] = bad
+        assert not bool(torch.isfinite(abs_total(broken, "cpu"))), bad
+    assert float(abs_total([], "cpu")) == 0.0
+
+
+def test_non_finite_tensors_is_exact_for_finite_values_past_the_l1_range() -> None:
+    huge = {"model": {"w": torch.full((4, 4), 3e38)}}  # finite, but their L1 norm overflows float32
+    assert non_finite_tensors(huge) == []
+    huge["model"]["b"] = torch.tensor([1.0, float("nan")])
+    assert non_finite_tensors(huge) == ["model['b']"]
 
 
 def test_non_finite_tensors_names_nested_entries_and_ignores_integers() -> None:

@@ -15,6 +15,7 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
+    FgBgToIndicesd,
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
@@ -27,10 +28,13 @@ from monai.transforms import (
     Transposed,
 )
 
+from semiseg.data.device import device_of
 from semiseg.data.readers import LoadVolumed
 from semiseg.settings import flag
 
 __all__ = [
+    "BG_INDICES",
+    "FG_INDICES",
     "INTENSITY_NORMS",
     "LABEL_CROPS",
     "eval_transforms",
@@ -133,6 +137,20 @@ def _flips(keys: list[str], prob: float, rot90: bool = False) -> list[MapTransfo
     return turns + [RandFlipd(keys=keys, prob=prob, spatial_axis=axis) for axis in range(3)]
 
 
+FG_INDICES = "label_fg_indices"
+"""Data key of the foreground voxel indices precomputed for the balanced crop on a ``data_device``."""
+BG_INDICES = "label_bg_indices"
+"""Data key of the background voxel indices precomputed for the balanced crop on a ``data_device``."""
+
+
+def _to_device(keys: list[str], data_device: str | None) -> list[MapTransform]:
+    """The end of the cached part of a device-style chain: the volumes as tensors on ``data_device`` (the file
+    names kept in their metadata), or nothing without a ``data_device``."""
+    if data_device is None:
+        return []
+    return [EnsureTyped(keys=keys, track_meta=True, device=device_of(data_device))]
+
+
 def _square_in_plane(roi_size: Sequence[int], rot90: bool) -> bool:
     rot90 = flag(rot90, "rot90")
     if rot90 and int(roi_size[0]) != int(roi_size[1]):
@@ -154,8 +172,15 @@ def labelled_train_transforms(
     intensity_norm: str = "percentile",
     label_crop: str = "balanced",
     rot90: bool = False,
+    data_device: str | None = None,
 ) -> Compose:
     """Labelled training chain: load, normalise, pad to ``roi_size``, random crops, (quarter turns,) flips.
+
+    With ``data_device`` (the template's setting, :mod:`semiseg.data.device`) the cached part ends with the volumes
+    moved to that device, and for the balanced crop the foreground/background voxel indices computed once
+    (``FgBgToIndicesd``, kept in host memory); the random part then runs on the device tensors. The crops are those
+    of the chain without ``data_device`` for the same random seeds (the same MONAI random transforms in the same
+    order, drawing from the same generators).
 
     Args:
         roi_size: crop size (docs/architecture.md §3: 112x112x80 for LA; the demo uses 48^3).
@@ -171,6 +196,8 @@ def labelled_train_transforms(
             ``RandSpatialCropSamplesd``), as the SSL4MIS 3-D loaders' ``RandomCrop``.
         rot90: also a random quarter turn in the plane of the first two axes before the flips (SSL4MIS
             ``RandomRotFlip``); needs ``roi_size[0] == roi_size[1]``.
+        data_device: null (default), or the device the cached volumes are moved to and augmented on (``"cuda"``;
+            ``"cpu"`` runs the device-style chain on the CPU).
 
     Returns:
         The composed transform.
@@ -178,14 +205,21 @@ def labelled_train_transforms(
     Raises:
         ValueError: for an unknown ``intensity_norm`` or ``label_crop``, or ``rot90`` with a crop whose first two
             sides differ, naming the setting.
+        SettingError: for a bad ``data_device``.
     """
     keys = ["image", "label"]
     _choice(label_crop, LABEL_CROPS, "label_crop")
     rot90 = _square_in_plane(roi_size, rot90)
+    data_device = None if device_of(data_device) is None else data_device
+    indices: list[MapTransform] = []
     if label_crop == "balanced":
+        precomputed = {"fg_indices_key": FG_INDICES, "bg_indices_key": BG_INDICES} if data_device is not None else {}
         crop = RandCropByPosNegLabeld(
-            keys=keys, label_key="label", spatial_size=roi_size, pos=pos, neg=neg, num_samples=num_samples
+            keys=keys, label_key="label", spatial_size=roi_size, pos=pos, neg=neg, num_samples=num_samples,
+            **precomputed,
         )
+        if precomputed:
+            indices = [FgBgToIndicesd(keys="label", fg_postfix="_fg_indices", bg_postfix="_bg_indices")]
     else:
         crop = RandSpatialCropSamplesd(keys=keys, roi_size=roi_size, num_samples=num_samples, random_size=False)
     return Compose(
@@ -194,6 +228,8 @@ def labelled_train_transforms(
         )
         + [
             SpatialPadd(keys=keys, spatial_size=roi_size),
+            *indices,
+            *_to_device(keys, data_device),
             crop,
             *_flips(keys, flip_prob, rot90),
             EnsureTyped(keys=keys, track_meta=True),  # file names stay for error messages; the trainer strips meta
@@ -208,6 +244,7 @@ def unlabelled_train_transforms(
     transpose_dim: bool = False,
     intensity_norm: str = "percentile",
     rot90: bool = False,
+    data_device: str | None = None,
 ) -> Compose:
     """Unlabelled training chain: load, normalise, pad, uniform random crops, (quarter turns,) flips.
 
@@ -218,16 +255,19 @@ def unlabelled_train_transforms(
         transpose_dim: see :func:`load_and_normalise`.
         intensity_norm: see :func:`intensity_transforms`.
         rot90: see :func:`labelled_train_transforms`.
+        data_device: see :func:`labelled_train_transforms`.
 
     Returns:
         The composed transform.
     """
     keys = ["image"]
     rot90 = _square_in_plane(roi_size, rot90)
+    data_device = None if device_of(data_device) is None else data_device
     return Compose(
         load_and_normalise(keys, transpose_dim=transpose_dim, intensity_norm=intensity_norm)
         + [
             SpatialPadd(keys=keys, spatial_size=roi_size),
+            *_to_device(keys, data_device),
             RandSpatialCropSamplesd(keys=keys, roi_size=roi_size, num_samples=num_samples, random_size=False),
             *_flips(keys, flip_prob, rot90),
             EnsureTyped(keys=keys, track_meta=True),  # file names stay for error messages; the trainer strips meta

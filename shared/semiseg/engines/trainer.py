@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from semiseg.engines.outputs import image_filenames, loss_terms
-from semiseg.handlers.checkpoint import max_abs_total
+from semiseg.handlers.checkpoint import abs_total
 from semiseg.handlers.random_state import (
     get_random_state,
     get_transform_state,
@@ -114,12 +114,17 @@ class DataCycle:
     ``DistributedSampler`` gets ``set_epoch`` so every pass is shuffled differently on every rank. When a pass
     opens, the cycle records the state of the generators its shuffling draws from (torch's global one, which a
     ``RandomSampler`` without a generator and the DataLoader's worker seeds use, and the loader's and sampler's own
-    generators); ``epoch``, ``position`` (batches drawn from the current pass) and that record are its
+    generators) and of the loader's random transforms (crops, flips); ``epoch``, ``position`` (batches drawn from
+    the current pass), that record and the current states of the loader's own generators are its
     :meth:`state_dict`. After :meth:`load_state_dict` the next draw re-opens pass ``epoch`` under the recorded
     generator states (the global one put back afterwards) and skips the ``position`` batches already drawn, loading
-    them (at most one pass of extra loading on resume) with the random transforms' generators put back afterwards,
-    so a resumed run draws the same batches as an uninterrupted one. A pass that was drawn to its end is not
-    replayed.
+    them again (at most one pass of extra loading on resume), so the transforms' generators end where the
+    interrupted run had them and a resumed run draws the same batches as an uninterrupted one. Replaying from the
+    pass's start, not from the transforms' state saved with the checkpoint, also holds for a ``ThreadDataLoader``
+    (``data_device``), whose background thread has prepared the next batch, and so advanced the transforms, before
+    a checkpoint is written. A pass that was drawn to its end is not
+    replayed: the next one opens under the loader's own generators as saved (a ``ThreadDataLoader`` has its own, see
+    :func:`semiseg.data.device.data_loader`; torch's global one comes back with the trainer's random state).
 
     Args:
         loader: the DataLoader (or any re-iterable).
@@ -134,9 +139,14 @@ class DataCycle:
         self.position = 0
         self._iter: Iterator | None = None
         self._pass_rng: dict[str, Any] | None = None
+        self._loader_generators: list[torch.Tensor] | None = None  # saved states, put back when the next pass opens
 
     def _capture_rng(self) -> dict[str, Any]:
-        return {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in _generators(self.loader)]}
+        return {
+            "torch": torch.get_rng_state(),
+            "generators": [g.get_state() for g in _generators(self.loader)],
+            "transforms": get_transform_state(random_transforms(self.loader)),
+        }
 
     def _open(self) -> None:
         sampler = getattr(self.loader, "sampler", None)
@@ -151,15 +161,22 @@ class DataCycle:
         self._open()
 
     def _replay(self) -> None:
-        """Re-open pass ``epoch`` under its recorded generator states and skip ``position`` batches."""
+        """Re-open pass ``epoch`` under its recorded generator states and skip ``position`` batches.
+
+        With the transforms' states of the pass's start recorded, the skipped batches leave the transforms where the
+        interrupted run had them; without (an older checkpoint), their current states are put back afterwards.
+        """
         recorded, current = self._pass_rng, torch.get_rng_state()
         transforms = random_transforms(self.loader)
-        transform_state = get_transform_state(transforms)
+        transform_state: dict[str, Any] | None = get_transform_state(transforms)
         try:
             if recorded is not None:
                 torch.set_rng_state(recorded["torch"])
                 for gen, state in zip(_generators(self.loader), recorded.get("generators", [])):
                     gen.set_state(state)
+                at_start = recorded.get("transforms")
+                if at_start is not None and set_transform_state(transforms, at_start):
+                    transform_state = None  # the replay itself brings them to the interrupted run's states
             sampler = getattr(self.loader, "sampler", None)
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(self.epoch)
@@ -172,7 +189,8 @@ class DataCycle:
                     return
         finally:
             torch.set_rng_state(current)
-            set_transform_state(transforms, transform_state)
+            if transform_state is not None:
+                set_transform_state(transforms, transform_state)
 
     def _resume(self) -> None:
         """First draw, or first after ``load_state_dict``: open pass ``epoch`` at ``position``."""
@@ -181,6 +199,8 @@ class DataCycle:
         except TypeError:
             length = None
         if self.position and length is not None and self.position >= length:
+            for gen, state in zip(_generators(self.loader), self._loader_generators or []):
+                gen.set_state(state)
             self._next_pass()
         elif self.position or self._pass_rng is not None:
             self._replay()
@@ -206,8 +226,13 @@ class DataCycle:
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch": passes started before the current one, "position": batches drawn from the current one,
-        "rng": the generator states when the current pass opened}`` (``rng`` once a pass was opened)."""
+        "rng": the generator states (torch's, the loader's, its transforms') when the current pass opened,
+        "loader_generators": the states of the loader's own generators now}`` (``rng`` once a pass was opened,
+        ``loader_generators`` when the loader or its sampler has a generator of its own)."""
         state: dict[str, Any] = {"epoch": self.epoch, "position": self.position}
+        generators = _generators(self.loader)
+        if generators:
+            state["loader_generators"] = [g.get_state() for g in generators]
         if self._pass_rng is not None:
             state["rng"] = self._pass_rng
         return state
@@ -226,8 +251,12 @@ class DataCycle:
                 raise ValueError(f"data cycle state {key!r} must be an integer >= 0, got {value!r}.")
         self.epoch, self.position = int(state_dict["epoch"]), int(state_dict["position"])
         rng = state_dict.get("rng")
-        self._pass_rng = {"torch": rng["torch"].cpu(), "generators": [g.cpu() for g in rng.get("generators", [])]} \
-            if rng is not None else None
+        self._pass_rng = None
+        if rng is not None:
+            self._pass_rng = {"torch": rng["torch"].cpu(), "generators": [g.cpu() for g in rng.get("generators", [])]}
+            if rng.get("transforms") is not None:
+                self._pass_rng["transforms"] = rng["transforms"]
+        self._loader_generators = [g.cpu() for g in state_dict.get("loader_generators", [])]
         self._iter = None
 
 
@@ -294,8 +323,9 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     files): the images and labels are handed to the method as plain tensors.
 
     The finite check is the one place an iteration waits on the device. Gradients are checked with one fused
-    ``torch._foreach_norm`` (max norm) summed with the loss, so a loss that is still finite while its gradients are
-    not (an overflow in the backward pass) stops before the step, and a non-finite value never reaches the weights.
+    ``torch._foreach_norm`` (L1 norm, :func:`semiseg.handlers.checkpoint.abs_total`) summed with the loss, so a loss
+    that is still finite while its gradients are not (an overflow in the backward pass) stops before the step, and a
+    non-finite value never reaches the weights.
     Under fp16 AMP only the loss is checked: the grad scaler skips steps with non-finite gradients by itself.
 
     AMP (``amp=True``) autocasts on the trainer's device type (``cuda``, ``cpu``, ...) with ``amp_kwargs``
@@ -604,7 +634,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         """
         params = [p for opt in optimizers or () for group in opt.param_groups for p in group["params"]]
         grads = (p.grad for p in params if p.grad is not None)
-        total = loss.detach().float().sum() + max_abs_total(grads, loss.device)
+        total = loss.detach().float().sum() + abs_total(grads, loss.device)
         if bool(torch.isfinite(total)):
             return True
         # the failure path (syncs do not matter here): say what is not finite and name the batches' files
