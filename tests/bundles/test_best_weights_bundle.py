@@ -75,7 +75,7 @@ def test_every_bundle_has_the_option_and_evaluate_never_attaches_it(bundle: str)
     train.read_config(config(bundle, "train.json"))
     assert train["save_best"] is False
     assert "@validate#best_saver" in train["validate#handlers"]
-    assert train["validate#best_saver#enabled"] == "@save_best"
+    assert train["validate#best_saver#enabled"] == "$semiseg.settings.flag(@save_best, 'save_best')"
     assert train["validate#best_saver#filename"] == "model_best.pt"
     assert train["checkpoint#objects#best_weights"] == "@validate#best_saver"
     evaluate = ConfigParser()
