@@ -721,7 +721,8 @@ BUNDLE_ROWS: list[Row] = [
     Row("train-component-boolean-given-as-a-string", "override",
         lambda ws: ws.train("--train#dataloader#shuffle", "false", names="--train#dataloader#shuffle"),
         r"'train#dataloader#shuffle' is a true/false argument that \S*(DataLoader|data_loader) takes as given, and "
-        r"the command line passes 'false' as a string, which Python reads as true; write --train#dataloader#shuffle True", bundles=ONE),
+        r"the command line passes 'false' as a string, which Python reads as true; "
+        r"write --train#dataloader#shuffle True", bundles=ONE),
     Row("inference-boolean-setting-not-true-or-false", "inference",
         lambda ws: ws.infer("--amp", "maybe", names="--amp"), r"setting amp must be true or false", bundles=ONE),
     # inference images (items 6, 14): a damaged gzip stream and an empty file, from the released zip
