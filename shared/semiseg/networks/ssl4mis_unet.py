@@ -124,6 +124,17 @@ class _Body(nn.Module):
         self.up_concat1 = _Up(filters[1], filters[0])
         self.pool = nn.MaxPool3d(kernel_size=2)
 
+    def _encode(
+        self, name: str, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The four skip features and the bottleneck's output (before any dropout), after the input check."""
+        _check_input(name, x)
+        conv1 = self.conv1(x)
+        conv2 = self.conv2(self.pool(conv1))
+        conv3 = self.conv3(self.pool(conv2))
+        conv4 = self.conv4(self.pool(conv3))
+        return conv1, conv2, conv3, conv4, self.center(self.pool(conv4))
+
 
 class UNet3D(_Body):
     """SSL4MIS ``unet_3D`` (see the module docstring): logits ``(B, out_channels, D, H, W)`` in both modes.
@@ -165,12 +176,8 @@ class UNet3D(_Body):
         Raises:
             ValueError: on another number of dimensions or a spatial size not divisible by 16.
         """
-        _check_input("UNet3D", x)
-        conv1 = self.conv1(x)
-        conv2 = self.conv2(self.pool(conv1))
-        conv3 = self.conv3(self.pool(conv2))
-        conv4 = self.conv4(self.pool(conv3))
-        center = self.dropout1(self.center(self.pool(conv4)))
+        conv1, conv2, conv3, conv4, center = self._encode("UNet3D", x)
+        center = self.dropout1(center)
         up = self.up_concat4(conv4, center)
         up = self.up_concat3(conv3, up)
         up = self.up_concat2(conv2, up)
@@ -244,12 +251,7 @@ class UNet3DPyramid(_Body):
         Raises:
             ValueError: on another number of dimensions or a spatial size not divisible by 16.
         """
-        _check_input("UNet3DPyramid", x)
-        conv1 = self.conv1(x)
-        conv2 = self.conv2(self.pool(conv1))
-        conv3 = self.conv3(self.pool(conv2))
-        conv4 = self.conv4(self.pool(conv3))
-        center = self.center(self.pool(conv4))
+        conv1, conv2, conv3, conv4, center = self._encode("UNet3DPyramid", x)
         up4 = self.dropout1(self.up_concat4(conv4, center))
         up3 = self.dropout2(self.up_concat3(conv3, up4))
         up2 = self.dropout3(self.up_concat2(conv2, up3))
