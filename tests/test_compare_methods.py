@@ -64,7 +64,7 @@ def test_run_records_its_settings_and_resume_refuses_other_settings(tiny_demo: P
     out = tmp_path / "compare"
     _compare(tiny_demo, out, "--eval-set", "overlap=0.5", "blend_mode=constant")
     run = json.loads((out / "supervised_seed0" / "run.json").read_text())
-    assert run["settings"]["roi_size"] == [32, 32, 32] and run["settings"]["intensity_norm"] == "percentile"
+    assert run["settings"]["roi_size"] == [32, 32, 32] and run["settings"]["intensity_norm"] == "zscore"
     assert run["settings"]["network_def"]["_target_"] == "UNet"
     assert run["overrides"]["roi_size"] == "[32,32,32]" and run["commit"]
     assert "student[overlap=0.5,blend_mode=constant]" in run
@@ -73,11 +73,11 @@ def test_run_records_its_settings_and_resume_refuses_other_settings(tiny_demo: P
     cmd = [sys.executable, str(SCRIPT), "--variants", "supervised", "--seeds", "0", "--iterations", "2",
            "--parallel", "1", "--data", str(tiny_demo), "--out", str(out), "--resume",
            "--set", "num_val=1", "roi_size=[32,32,32]", "iterations_per_epoch=2", "val_interval=1",
-           "intensity_norm=zscore"]
+           "intensity_norm=percentile"]
     refused = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
                              env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert refused.returncode != 0
-    assert "other settings" in refused.stderr and "intensity_norm: 'percentile' then, 'zscore' now" in refused.stderr
+    assert "other settings" in refused.stderr and "intensity_norm: 'zscore' then, 'percentile' now" in refused.stderr
     assert json.loads((out / "supervised_seed0" / "run.json").read_text()) == run  # nothing reused or replaced
 
 
