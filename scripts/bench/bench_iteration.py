@@ -56,6 +56,14 @@ def _ssl4mis_dice(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+def reference_ema_update(ema: torch.nn.Module, model: torch.nn.Module, it: int) -> None:
+    """The research code's EMA teacher update after step ``it``, as written (``alpha = min(1 - 1/(it + 1), 0.99)``,
+    parameter by parameter); shared by every reference-style loop of the benchmarks."""
+    alpha = min(1 - 1 / (it + 1), 0.99)
+    for ema_p, p in zip(ema.parameters(), model.parameters()):
+        ema_p.data.mul_(alpha).add_(p.data, alpha=1 - alpha)
+
+
 def reference_loop(batches, device: torch.device, iterations: int) -> list[float]:
     """The research code's step, as a plain loop; returns per-iteration seconds."""
     model, ema = _net(device), _net(device)
@@ -80,9 +88,7 @@ def reference_loop(batches, device: torch.device, iterations: int) -> list[float
         opt.zero_grad()
         loss.backward()
         opt.step()
-        alpha = min(1 - 1 / (it + 1), 0.99)
-        for ema_p, p in zip(ema.parameters(), model.parameters()):
-            ema_p.data.mul_(alpha).add_(p.data, alpha=1 - alpha)
+        reference_ema_update(ema, model, it)
         _sync(device)
         times.append(time.perf_counter() - start)
     return times

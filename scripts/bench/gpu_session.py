@@ -412,9 +412,7 @@ def reference_la_loop(session: Session, data: Path, roi: list[int], num_labelled
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            alpha = min(1 - 1 / (it + 1), 0.99)
-            for ema_p, p in zip(ema.parameters(), model.parameters()):
-                ema_p.data.mul_(alpha).add_(p.data, alpha=1 - alpha)
+            bench_iteration.reference_ema_update(ema, model, it)
             for group in optimizer.param_groups:
                 group["lr"] = 0.01 * (1.0 - it / 6000) ** 0.9
             if not careful:  # logging.info('iteration %d : loss : %f, loss_ce: %f, loss_dice: %f', ...)
